@@ -1,0 +1,7 @@
+"""DiffuMNIST: train, sample, watch and measure DDPM models on MNIST digits."""
+
+from diffumnist.config import ModelConfig, TrainConfig, recipe
+from diffumnist.models import Denoiser, DiffusionModel, load
+
+__all__ = ["Denoiser", "DiffusionModel", "ModelConfig", "TrainConfig", "load", "recipe"]
+__version__ = "0.1.0"

@@ -1,0 +1,7 @@
+"""`python -m diffumnist` runs the command-line interface."""
+
+import sys
+
+from diffumnist.cli import main
+
+sys.exit(main())

@@ -1,0 +1,152 @@
+"""Checkpoints as single safetensors files: no pickles, written atomically.
+
+One file holds everything: the model config and run metadata (JSON in the safetensors
+header), the weights (`model.*`), the optional EMA weights (`ema.*`), and, for training
+checkpoints, the optimizer state (`optim.*`), LR scheduler state and the training RNG
+state. Loading it can never run code, and a file is either the old one or the new one:
+it is written to a temporary file, fsynced, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+
+from diffumnist.config import ConfigError, ModelConfig
+
+FORMAT = "diffumnist/1"
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint is missing, unreadable, corrupt or of the wrong kind."""
+
+
+@dataclass
+class Checkpoint:
+    """The contents of a checkpoint file. Only `model_config` and `weights` are required."""
+
+    model_config: ModelConfig
+    weights: dict[str, torch.Tensor]
+    ema_weights: dict[str, torch.Tensor] | None = None
+    optimizer: dict[str, Any] | None = None  # torch optimizer state_dict
+    scheduler: dict[str, Any] | None = None  # torch LR scheduler state_dict (JSON-able)
+    rng_state: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # epoch, step, train config, ...
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors and a JSON-able remainder."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for name, value in rest["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def _strip(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to `path` so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide outputs from other users
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path: Path | str, ckpt: Checkpoint) -> None:
+    """Serialise `ckpt` to one safetensors file, atomically."""
+    tensors = _prefixed("model.", ckpt.weights)
+    header: dict[str, Any] = {"model_config": ckpt.model_config.to_dict(), "meta": ckpt.meta}
+    if ckpt.ema_weights is not None:
+        tensors.update(_prefixed("ema.", ckpt.ema_weights))
+    if ckpt.optimizer is not None:
+        optim_tensors, header["optimizer"] = _flatten_optimizer(ckpt.optimizer)
+        tensors.update(_prefixed("", optim_tensors))
+    if ckpt.scheduler is not None:
+        header["scheduler"] = ckpt.scheduler
+    if ckpt.rng_state is not None:
+        tensors["rng_state"] = ckpt.rng_state.cpu().contiguous()
+    metadata = {"format": FORMAT, "header": json.dumps(header)}
+    write_atomic(Path(path), save_bytes(tensors, metadata=metadata))
+
+
+def _read_metadata(data: bytes) -> dict[str, str]:
+    """The safetensors header's __metadata__ (the library's loader drops it)."""
+    length = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + length]).get("__metadata__") or {}
+
+
+def load_checkpoint(path: Path | str) -> Checkpoint:
+    """Read a checkpoint written by `save_checkpoint`; any problem is a CheckpointError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+    try:
+        metadata = _read_metadata(data)
+        tensors = load_bytes(data)
+        if metadata.get("format") != FORMAT:
+            raise ValueError("not a DiffuMNIST checkpoint")
+        header = json.loads(metadata["header"])
+        model_config = ModelConfig.from_dict(header["model_config"])
+    except (SafetensorError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a valid DiffuMNIST checkpoint ({exc})") from exc
+    optim_rest = header.get("optimizer")
+    optimizer = None
+    if optim_rest is not None:
+        optim_tensors = {k: v for k, v in tensors.items() if k.startswith("optim.")}
+        optimizer = _unflatten_optimizer(optim_tensors, optim_rest)
+    return Checkpoint(
+        model_config=model_config,
+        weights=_strip("model.", tensors),
+        ema_weights=_strip("ema.", tensors) or None,
+        optimizer=optimizer,
+        scheduler=header.get("scheduler"),
+        rng_state=tensors.get("rng_state"),
+        meta=header.get("meta", {}),
+    )

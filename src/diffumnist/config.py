@@ -1,0 +1,182 @@
+"""Configuration dataclasses: the one place where defaults live.
+
+`ModelConfig` travels inside every checkpoint so `load(path)` rebuilds the network and its
+noise schedule with no flags (the nanoGPT habit). `TrainConfig` holds the recipe of
+SPEC.md; `recipe(kind)` returns it for each of the three models, and the CLI's flags are
+generated from its fields, so a default is written exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+ModelKind = Literal["denoiser", "time", "class"]
+Precision = Literal["auto", "fp32", "bf16"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the CLI prints it as one line and exits 2."""
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raise a ConfigError listing the valid values when `value` is not one of them."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
+    """Raise a ConfigError unless `value` is a finite number > 0 (or >= 0)."""
+    ok = isinstance(value, int | float) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be a finite number {bound}; got {value!r}")
+
+
+def default_data_dir() -> Path:
+    """The data setting: $DIFFUMNIST_DATA, else a per-user cache folder."""
+    env = os.environ.get("DIFFUMNIST_DATA")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "diffumnist"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a network and its diffusion schedule.
+
+    The schedule fields are unused by the single-step denoiser but kept so every
+    checkpoint has the same shape.
+    """
+
+    kind: ModelKind = "class"
+    hidden_dim: int = 64
+    num_classes: int = 10
+    num_timesteps: int = 300
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        check_choice("kind", self.kind, MODEL_KINDS)
+        if not isinstance(self.hidden_dim, int) or self.hidden_dim < 1:
+            raise ConfigError(f"hidden_dim must be a positive integer; got {self.hidden_dim!r}")
+        if not isinstance(self.num_timesteps, int) or self.num_timesteps < 1:
+            raise ConfigError(
+                f"num_timesteps must be a positive integer; got {self.num_timesteps!r}"
+            )
+        check_positive("beta_start", self.beta_start)
+        check_positive("beta_end", self.beta_end)
+        if not self.beta_start <= self.beta_end < 1:
+            raise ConfigError("betas must satisfy 0 < beta_start <= beta_end < 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+def _flag(help_text: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class TrainConfig:
+    """A training run. `None` in a recipe field means "the recipe's value for this kind"."""
+
+    kind: ModelKind = _flag("which model to train", "class")
+    hidden_dim: int = _flag("hidden channels D of the UNet (recipe: 128 denoiser, 64 DDPMs)")
+    epochs: int = _flag("passes over the training split (recipe: 5 denoiser, 20 DDPMs)")
+    batch_size: int = _flag("images per step (recipe: 256 denoiser, 128 DDPMs)")
+    lr: float = _flag("Adam learning rate (recipe: 1e-4 denoiser, 1e-3 DDPMs)")
+    lr_gamma: float = _flag(
+        "ExponentialLR factor per epoch (recipe: 1 denoiser, 0.1**(1/epochs) DDPMs)"
+    )
+    sigma: float = _flag("noise level of the single-step denoiser", 0.5)
+    p_uncond: float = _flag("probability of dropping the class (classifier-free guidance)", 0.1)
+    num_timesteps: int = _flag("diffusion steps T", 300)
+    beta_start: float = _flag("first beta of the linear schedule", 1e-4)
+    beta_end: float = _flag("last beta of the linear schedule", 0.02)
+    ema_decay: float = _flag("keep an EMA copy of the weights with this decay (0 = off)", 0.0)
+    seed: int = _flag("seed for initialisation, shuffling and noise", 0)
+    subset: int = _flag("train on only the first N training images (quick runs)")
+    max_steps: int = _flag("stop after this many optimizer steps (quick runs)")
+    precision: Precision = _flag("auto = bf16 autocast where the hardware has it", "auto")
+    device: DeviceName = _flag("where to train", "auto")
+    preview_every: int = _flag("save a small sample grid every N epochs (0 = never)", 1)
+
+    def resolved(self) -> TrainConfig:
+        """Fill recipe defaults and validate; returns a new config."""
+        check_choice("kind", self.kind, MODEL_KINDS)
+        is_denoiser = self.kind == "denoiser"
+        epochs = self.epochs if self.epochs is not None else (5 if is_denoiser else 20)
+        filled = dataclasses.replace(
+            self,
+            hidden_dim=self.hidden_dim or (128 if is_denoiser else 64),
+            epochs=epochs,
+            batch_size=self.batch_size or (256 if is_denoiser else 128),
+            lr=self.lr if self.lr is not None else (1e-4 if is_denoiser else 1e-3),
+            lr_gamma=self.lr_gamma
+            if self.lr_gamma is not None
+            else (1.0 if is_denoiser else 0.1 ** (1 / max(epochs, 1))),
+        )
+        filled.validate()
+        return filled
+
+    def validate(self) -> None:
+        check_choice("precision", self.precision, get_args(Precision))
+        check_choice("device", self.device, get_args(DeviceName))
+        for name in ("hidden_dim", "epochs", "batch_size", "num_timesteps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        for name in ("subset", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        if not isinstance(self.preview_every, int) or self.preview_every < 0:
+            raise ConfigError(f"preview_every must be >= 0; got {self.preview_every!r}")
+        check_positive("lr", self.lr)
+        check_positive("lr_gamma", self.lr_gamma)
+        check_positive("sigma", self.sigma, allow_zero=True)
+        check_positive("p_uncond", self.p_uncond, allow_zero=True)
+        check_positive("ema_decay", self.ema_decay, allow_zero=True)
+        if self.p_uncond > 1 or self.ema_decay >= 1:
+            raise ConfigError("p_uncond must be <= 1 and ema_decay < 1")
+        self.model_config()
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            kind=self.kind,
+            hidden_dim=self.hidden_dim,
+            num_timesteps=self.num_timesteps,
+            beta_start=self.beta_start,
+            beta_end=self.beta_end,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def recipe(kind: ModelKind) -> TrainConfig:
+    """The SPEC.md recipe for one of the three models, fully resolved."""
+    return TrainConfig(kind=kind).resolved()

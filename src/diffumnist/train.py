@@ -1,0 +1,257 @@
+"""The training loop: recipe defaults, bf16 autocast, EMA, per-epoch atomic checkpoints.
+
+A run folder holds `config.json`, `loss.jsonl` (one line per optimizer step),
+`last.safetensors` (the latest checkpoint, replaced atomically after every epoch) and
+`previews/` (small per-epoch sample sets the figures are drawn from). All randomness after
+initialisation comes from one CPU generator whose state is checkpointed, so a run that is
+killed and resumed ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from diffumnist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_atomic
+from diffumnist.config import ConfigError, TrainConfig
+from diffumnist.data import iterate_batches, load_split, to_unit
+from diffumnist.diffusion import GaussianDiffusion
+from diffumnist.models import Denoiser, DiffusionModel
+from diffumnist.nets import build_net
+from diffumnist.runtime import autocast, resolve_device, resolve_precision
+
+CHECKPOINT_NAME = "last.safetensors"
+PREVIEW_SEED = 1234
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss diverged); the last checkpoint is intact."""
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while training, and is saved in a checkpoint."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    ema: nn.Module | None
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimizer steps
+
+
+def _new_state(config: TrainConfig, device: torch.device) -> TrainState:
+    torch.manual_seed(config.seed)
+    net = build_net(config.model_config()).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
+    generator = torch.Generator().manual_seed(config.seed)
+    ema = None
+    if config.ema_decay > 0:
+        ema = build_net(config.model_config()).to(device, memory_format=torch.channels_last)
+        ema.load_state_dict(net.state_dict())
+        ema.requires_grad_(False)
+    return TrainState(net, optimizer, scheduler, generator, ema)
+
+
+def _restore(state: TrainState, ckpt: Checkpoint) -> None:
+    state.net.load_state_dict(ckpt.weights)
+    if ckpt.optimizer is None or ckpt.rng_state is None or ckpt.scheduler is None:
+        raise ConfigError("this checkpoint holds weights only and cannot resume training")
+    state.optimizer.load_state_dict(ckpt.optimizer)
+    state.scheduler.load_state_dict(ckpt.scheduler)
+    state.generator.set_state(ckpt.rng_state)
+    if state.ema is not None and ckpt.ema_weights is not None:
+        state.ema.load_state_dict(ckpt.ema_weights)
+    state.epoch, state.step = ckpt.meta["epoch"], ckpt.meta["step"]
+
+
+@torch.no_grad()
+def _update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·net for parameters; buffers (BN statistics) copied."""
+    torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), net.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
+
+
+def _save(run_dir: Path, config: TrainConfig, state: TrainState, done: bool) -> None:
+    ckpt = Checkpoint(
+        model_config=config.model_config(),
+        weights=state.net.state_dict(),
+        ema_weights=state.ema.state_dict() if state.ema is not None else None,
+        optimizer=state.optimizer.state_dict(),
+        scheduler=state.scheduler.state_dict(),
+        rng_state=state.generator.get_state(),
+        meta={"epoch": state.epoch, "step": state.step, "done": done, "train": config.to_dict()},
+    )
+    save_checkpoint(run_dir / CHECKPOINT_NAME, ckpt)
+
+
+class Trainer:
+    """Runs (or resumes) one training run into `run_dir`."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, data_dir: Path | str | None = None):
+        self.config = config.resolved()
+        self.run_dir = Path(run_dir)
+        self.data_dir = data_dir
+        self.device = resolve_device(self.config.device)
+        self.precision = resolve_precision(self.config.precision, self.device)
+        self.diffusion = GaussianDiffusion.from_config(self.config.model_config()).to(self.device)
+
+    @classmethod
+    def resume(cls, run_dir: Path, data_dir: Path | str | None = None) -> Trainer:
+        """A trainer for an existing run folder, configured from its config.json."""
+        config_path = Path(run_dir) / "config.json"
+        try:
+            config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot resume: {config_path} is missing or unreadable ({exc})"
+            ) from exc
+        return cls(config, run_dir, data_dir)
+
+    def _prepare_run_dir(self) -> TrainState:
+        state = _new_state(self.config, self.device)
+        ckpt_path = self.run_dir / CHECKPOINT_NAME
+        if ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path)
+            if ckpt.meta.get("train") != self.config.to_dict():
+                raise ConfigError(f"{ckpt_path} belongs to a different configuration")
+            _restore(state, ckpt)
+            self._truncate_log(state.step)
+        else:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                write_atomic(
+                    self.run_dir / "config.json",
+                    json.dumps(self.config.to_dict(), indent=2).encode(),
+                )
+                (self.run_dir / "loss.jsonl").write_text("")
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot write to run folder {self.run_dir}: {exc.strerror}"
+                ) from exc
+        return state
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines written after the checkpoint (a crash mid-epoch leaves some)."""
+        log_path = self.run_dir / "loss.jsonl"
+        lines = log_path.read_text().splitlines() if log_path.exists() else []
+        kept = [line for line in lines if line and json.loads(line)["step"] <= step]
+        write_atomic(log_path, "".join(f"{line}\n" for line in kept).encode())
+
+    def _load_data(self) -> torch.Tensor:
+        images, labels = load_split("train", self.data_dir)
+        if self.config.subset is not None:
+            images, labels = images[: self.config.subset], labels[: self.config.subset]
+        self.labels = labels.to(self.device)
+        return images.to(self.device)
+
+    def _loss(self, net: nn.Module, x0: torch.Tensor, labels: torch.Tensor, gen) -> torch.Tensor:
+        """The recipe's objective for this kind of model on one batch x0 (N, 1, 28, 28)."""
+        if self.config.kind == "denoiser":
+            noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+            return F.mse_loss(net(x0 + self.config.sigma * noise).float(), x0)
+        c = None
+        if self.config.kind == "class":
+            keep = torch.rand(labels.shape[0], generator=gen) >= self.config.p_uncond
+            c = F.one_hot(labels, 10).float() * keep.to(x0.device, torch.float32)[:, None]
+        return self.diffusion.training_loss(net, x0, gen, c)
+
+    def run(self) -> Path:
+        """Train to the configured end; returns the checkpoint path."""
+        state = self._prepare_run_dir()
+        images = self._load_data()
+        total_steps = self.config.epochs * math.ceil(images.shape[0] / self.config.batch_size)
+        if self.config.max_steps is not None:
+            total_steps = min(total_steps, self.config.max_steps)
+        with tqdm(total=total_steps, initial=state.step, unit="step", dynamic_ncols=True) as bar:
+            while state.epoch < self.config.epochs and state.step < total_steps:
+                self._run_epoch(state, images, bar, total_steps)
+        return self.run_dir / CHECKPOINT_NAME
+
+    def _run_epoch(self, state: TrainState, images: torch.Tensor, bar: tqdm, total: int) -> None:
+        state.net.train()
+        bar.set_description(f"{self.config.kind} epoch {state.epoch + 1}/{self.config.epochs}")
+        log_lines: list[str] = []
+        batches = list(iterate_batches(images.shape[0], self.config.batch_size, state.generator))
+        for position, index in enumerate(batches):
+            started = time.perf_counter()
+            value = self._step(state, images, index.to(self.device))
+            log_lines.append(
+                json.dumps({"step": state.step, "epoch": state.epoch + 1, "loss": value})
+            )
+            rate = index.shape[0] / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            bar.update(1)
+            if state.step >= total and position < len(batches) - 1:
+                self._finish_epoch(state, log_lines, epoch_complete=False)
+                return
+        self._finish_epoch(state, log_lines, epoch_complete=True)
+
+    def _step(self, state: TrainState, images: torch.Tensor, index: torch.Tensor) -> float:
+        """One optimizer step on the batch `images[index]`; returns the loss."""
+        x0 = to_unit(images[index]).contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
+            loss = self._loss(state.net, x0, self.labels[index], state.generator)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"loss became {value} at step {state.step + 1}; training stopped and "
+                f"{self.run_dir / CHECKPOINT_NAME} keeps the last good epoch (try a lower --lr)"
+            )
+        state.optimizer.step()
+        if state.ema is not None:
+            _update_ema(state.ema, state.net, self.config.ema_decay)
+        state.step += 1
+        return value
+
+    def _finish_epoch(self, state: TrainState, log_lines: list[str], epoch_complete: bool) -> None:
+        with (self.run_dir / "loss.jsonl").open("a") as log:
+            log.write("".join(f"{line}\n" for line in log_lines))
+        if epoch_complete:
+            state.epoch += 1
+            state.scheduler.step()
+            every = self.config.preview_every
+            if every and (state.epoch % every == 0 or state.epoch == self.config.epochs):
+                self._save_preview(state)
+        done = not epoch_complete or state.epoch >= self.config.epochs
+        _save(self.run_dir, self.config, state, done=done)
+
+    def _save_preview(self, state: TrainState) -> None:
+        """A small fixed-seed sample set per epoch: what the epoch-comparison figures use."""
+        net = state.ema if state.ema is not None else state.net
+        model_config = self.config.model_config()
+        if self.config.kind == "denoiser":
+            clean = to_unit(load_split("test", self.data_dir)[0][:8]).to(self.device)
+            noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(PREVIEW_SEED))
+            noisy = clean + self.config.sigma * noise.to(self.device)
+            denoised = Denoiser(model_config, net).denoise(noisy)
+            arrays = {"clean": clean, "noisy": noisy, "denoised": denoised}
+        else:
+            model = DiffusionModel(model_config, net)
+            digits = torch.arange(10).repeat_interleave(4)
+            c, n = (digits, None) if self.config.kind == "class" else (None, 40)
+            samples, _ = model.sample(
+                c, n=n, seed=PREVIEW_SEED, precision=self.precision, frame_every=10**9
+            )
+            arrays = {"samples": samples, "labels": digits}
+        preview_dir = self.run_dir / "previews"
+        preview_dir.mkdir(exist_ok=True)
+        np.savez_compressed(
+            preview_dir / f"epoch_{state.epoch:03d}.npz",
+            **{k: v.detach().float().cpu().numpy() for k, v in arrays.items()},
+        )
+        state.net.train()
