@@ -230,16 +230,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "demo": cmd_demo}
 
 
+def _one_line(exc: Exception) -> str:
+    """Messages from libraries (e.g. torchvision's downloader) may span lines; ours never do."""
+    return " ".join(str(exc).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 training failure, 2 bad input)."""
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"diffumnist: error: {exc}", file=sys.stderr)
+        print(f"diffumnist: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except TrainingError as exc:
-        print(f"diffumnist: training failed: {exc}", file=sys.stderr)
+        print(f"diffumnist: training failed: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("diffumnist: interrupted; a training run resumes with --resume", file=sys.stderr)

@@ -49,7 +49,8 @@ class DiffusionModel(nn.Module):
             raise ConfigError("a denoiser checkpoint cannot sample; use Denoiser")
         self.config = config
         self.net = net if net is not None else build_net(config)
-        self.diffusion = GaussianDiffusion.from_config(config)
+        device = next(self.net.parameters()).device
+        self.diffusion = GaussianDiffusion.from_config(config).to(device)
 
     @property
     def device(self) -> torch.device:

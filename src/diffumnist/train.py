@@ -244,14 +244,15 @@ class Trainer:
             model = DiffusionModel(model_config, net)
             digits = torch.arange(10).repeat_interleave(4)
             c, n = (digits, None) if self.config.kind == "class" else (None, 40)
-            samples, _ = model.sample(
-                c, n=n, seed=PREVIEW_SEED, precision=self.precision, frame_every=10**9
+            samples, frames = model.sample(
+                c, n=n, seed=PREVIEW_SEED, precision=self.precision, frame_every=10
             )
-            arrays = {"samples": samples, "labels": digits}
+            # the process of the first sample of each digit, every 10th step
+            arrays = {"samples": samples, "labels": digits, "frames": frames[:, ::4]}
         preview_dir = self.run_dir / "previews"
         preview_dir.mkdir(exist_ok=True)
         np.savez_compressed(
             preview_dir / f"epoch_{state.epoch:03d}.npz",
-            **{k: v.detach().float().cpu().numpy() for k, v in arrays.items()},
+            **{k: v.detach().cpu().numpy() for k, v in arrays.items()},
         )
         state.net.train()

@@ -15,12 +15,16 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 
-def save_grid(images: torch.Tensor, path: Path | str | BinaryIO, nrow: int = 10, scale: int = 1) -> None:
+def save_grid(
+    images: torch.Tensor, path: Path | str | BinaryIO, nrow: int = 10, scale: int = 1
+) -> None:
     """images float (N, 1, H, W) in [0, 1] -> one PNG grid, `nrow` images per row."""
     if scale > 1:
         images = torch.nn.functional.interpolate(images.float(), scale_factor=scale, mode="nearest")
     target = path if hasattr(path, "write") else str(path)
-    save_image(images.float().clamp(0, 1), target, nrow=nrow, padding=2, pad_value=1.0, format="png")
+    save_image(
+        images.float().clamp(0, 1), target, nrow=nrow, padding=2, pad_value=1.0, format="png"
+    )
 
 
 def frames_to_grids(frames: torch.Tensor, nrow: int = 10, scale: int = 2) -> np.ndarray:

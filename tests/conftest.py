@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny networks and short schedules keep the fast tests fast.
+
+MNIST is read from the data setting; tests default it to ../shared/data (read-only).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("DIFFUMNIST_DATA", str(REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return Path(os.environ["DIFFUMNIST_DATA"])
+
+
+@pytest.fixture
+def tiny_class_model():
+    """A class-conditioned DDPM with D=8 and T=20, randomly initialised but seeded."""
+    from diffumnist.config import ModelConfig
+    from diffumnist.models import DiffusionModel
+
+    torch.manual_seed(0)
+    return DiffusionModel(ModelConfig(kind="class", hidden_dim=8, num_timesteps=20)).eval()

@@ -1,0 +1,159 @@
+"""The command line: outputs in the exchange format, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from diffumnist.checkpoint import Checkpoint, save_checkpoint
+from diffumnist.cli import main, parse_digits
+from diffumnist.config import ModelConfig
+from diffumnist.nets import build_net
+
+
+@pytest.fixture
+def class_ckpt(tmp_path):
+    torch.manual_seed(0)
+    config = ModelConfig(kind="class", hidden_dim=8, num_timesteps=10)
+    path = tmp_path / "class.safetensors"
+    save_checkpoint(path, Checkpoint(config, build_net(config).state_dict()))
+    return path
+
+
+@pytest.fixture
+def denoiser_ckpt(tmp_path):
+    config = ModelConfig(kind="denoiser", hidden_dim=4)
+    path = tmp_path / "denoiser.safetensors"
+    save_checkpoint(path, Checkpoint(config, build_net(config).state_dict()))
+    return path
+
+
+def test_sample_writes_grid_gif_and_npz(tmp_path, class_ckpt):
+    out = tmp_path / "grid.png"
+    argv = [
+        "sample",
+        str(class_ckpt),
+        "--digits",
+        "1,3",
+        "--per-digit",
+        "2",
+        "--out",
+        str(out),
+        "--gif",
+        str(tmp_path / "p.gif"),
+        "--npz",
+        str(tmp_path / "s.npz"),
+        "--device",
+        "cpu",
+    ]
+    assert main(argv) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "p.gif").read_bytes()[:3] == b"GIF"
+    npz = np.load(tmp_path / "s.npz")
+    assert npz["images"].shape == (4, 28, 28) and npz["images"].dtype == np.uint8
+    assert sorted(npz["labels"].tolist()) == [1, 1, 3, 3]
+
+
+def test_digit_ranges_parse():
+    assert parse_digits("0-9") == list(range(10))
+    assert parse_digits("0-2,7") == [0, 1, 2, 7]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--digits", "10"],
+        ["--digits", "a"],
+        ["--digits", "5-3"],
+        ["--guidance-scale", "nan"],
+        ["--guidance-scale", "inf"],
+        ["--per-digit", "0"],
+        ["--per-digit", "-3"],
+        ["--device", "tpu"],
+        ["--bogus-flag"],
+    ],
+)
+def test_bad_sample_input_is_one_line_and_exit_2(capsys, class_ckpt, tmp_path, extra):
+    code = main(["sample", str(class_ckpt), "--out", str(tmp_path / "g.png"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("diffumnist: error:") and "Traceback" not in err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_bad_checkpoints_are_refused(capsys, tmp_path, denoiser_ckpt):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 100)
+    for path in (tmp_path / "missing.safetensors", corrupt, denoiser_ckpt):
+        assert main(["sample", str(path), "--out", str(tmp_path / "g.png")]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_unwritable_output_folder_is_refused_before_work(capsys, class_ckpt, tmp_path):
+    code = main(["sample", str(class_ckpt), "--out", str(tmp_path / "no" / "such" / "g.png")])
+    assert code == 2 and "cannot write" in capsys.readouterr().err
+
+
+def test_existing_output_survives_a_failed_run(class_ckpt, tmp_path):
+    out = tmp_path / "g.png"
+    out.write_bytes(b"precious")
+    assert main(["sample", str(class_ckpt), "--out", str(out), "--digits", "12"]) == 2
+    assert out.read_bytes() == b"precious"
+
+
+def test_train_refuses_to_overwrite_a_run_and_bad_values(capsys, tmp_path, data_dir):
+    run = tmp_path / "run"
+    argv = [
+        "train",
+        "class",
+        "--out",
+        str(run),
+        "--hidden-dim",
+        "4",
+        "--max-steps",
+        "1",
+        "--subset",
+        "64",
+        "--num-timesteps",
+        "5",
+        "--preview-every",
+        "0",
+        "--data-dir",
+        str(data_dir),
+    ]
+    assert main(argv) == 0
+    assert main(argv) == 2 and "--resume" in capsys.readouterr().err
+    assert main(["train", "class", "--out", str(run), "--resume", "--lr", "1"]) == 2
+    assert "drop --lr" in capsys.readouterr().err
+    for bad in (["--lr", "-1"], ["--precision", "fp8"], ["--epochs", "0"], ["--lr", "nan"]):
+        assert main(["train", "time", "--out", str(tmp_path / "other"), *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_mnist_is_one_line(capsys, tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    code = main(
+        ["train", "class", "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "nodata")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "DIFFUMNIST_DATA" in err and err.count("\n") == 1
+
+
+def test_console_entry_point_runs(class_ckpt, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "diffumnist", "sample", str(class_ckpt), "--digits", "99"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "diffumnist: error: --digits must be digits 0-9 like 0-9, 3 or 1,3,5; got '99'"
+    ]

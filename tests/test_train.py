@@ -1,0 +1,105 @@
+"""Training: artefacts of a run, exact resume after a crash, and a clean stop on NaN."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from diffumnist.checkpoint import load_checkpoint
+from diffumnist.config import TrainConfig
+from diffumnist.train import CHECKPOINT_NAME, Trainer, TrainingError
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    settings = dict(
+        kind="class",
+        hidden_dim=8,
+        epochs=3,
+        batch_size=64,
+        subset=192,
+        num_timesteps=20,
+        preview_every=0,
+        precision="fp32",
+        device="cpu",
+        seed=3,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_run_folder_holds_config_log_and_checkpoint(tmp_path, data_dir):
+    Trainer(tiny_config(preview_every=3), tmp_path / "run", data_dir).run()
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["hidden_dim"] == 8
+    lines = [json.loads(line) for line in (run / "loss.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in lines] == list(range(1, 10))  # 3 epochs x 3 batches
+    ckpt = load_checkpoint(run / CHECKPOINT_NAME)
+    assert ckpt.meta["epoch"] == 3 and ckpt.meta["step"] == 9 and ckpt.meta["done"]
+    assert ckpt.optimizer is not None and ckpt.rng_state is not None
+    assert (run / "previews" / "epoch_003.npz").exists()
+
+
+def test_lr_decays_by_recipe_gamma_per_epoch():
+    config = TrainConfig(kind="class").resolved()
+    assert config.lr == 1e-3 and config.epochs == 20
+    assert config.lr * config.lr_gamma**20 == pytest.approx(1e-4)
+    denoiser = TrainConfig(kind="denoiser").resolved()
+    assert (denoiser.hidden_dim, denoiser.batch_size, denoiser.lr_gamma) == (128, 256, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["class", "denoiser"])
+def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, data_dir, kind):
+    config = tiny_config(kind=kind, ema_decay=0.9)
+    Trainer(config, tmp_path / "straight", data_dir).run()
+
+    crashing = Trainer(config, tmp_path / "crashed", data_dir)
+    original_step = crashing._step
+    calls = {"n": 0}
+
+    def crash_mid_epoch_two(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 1 is checkpointed, epoch 2 is half done
+            raise KeyboardInterrupt
+        return original_step(*args)
+
+    crashing._step = crash_mid_epoch_two
+    with pytest.raises(KeyboardInterrupt):
+        crashing.run()
+    assert load_checkpoint(tmp_path / "crashed" / CHECKPOINT_NAME).meta["epoch"] == 1
+    Trainer.resume(tmp_path / "crashed", data_dir).run()
+
+    straight = load_checkpoint(tmp_path / "straight" / CHECKPOINT_NAME)
+    resumed = load_checkpoint(tmp_path / "crashed" / CHECKPOINT_NAME)
+    assert resumed.meta["step"] == straight.meta["step"] == 9
+    for name, value in straight.weights.items():
+        assert torch.equal(value, resumed.weights[name]), name
+    for name, value in straight.ema_weights.items():
+        assert torch.equal(value, resumed.ema_weights[name]), name
+    straight_log = (tmp_path / "straight" / "loss.jsonl").read_text()
+    assert (tmp_path / "crashed" / "loss.jsonl").read_text() == straight_log
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
+    trainer = Trainer(tiny_config(), tmp_path / "run", data_dir)
+    original_loss = trainer._loss
+    calls = {"n": 0}
+
+    def loss_turning_nan(*args):
+        calls["n"] += 1
+        loss = original_loss(*args)
+        return loss * float("nan") if calls["n"] > 4 else loss
+
+    trainer._loss = loss_turning_nan
+    with pytest.raises(TrainingError, match="nan"):
+        trainer.run()
+    ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
+    assert ckpt.meta["epoch"] == 1 and ckpt.meta["step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt.weights.values() if v.is_floating_point())
+
+
+def test_max_steps_stops_early(tmp_path, data_dir):
+    Trainer(tiny_config(max_steps=4), tmp_path / "run", data_dir).run()
+    ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
+    assert ckpt.meta["step"] == 4 and ckpt.meta["done"]
