@@ -2,6 +2,15 @@
 
 from diffumnist.config import ModelConfig, TrainConfig, recipe
 from diffumnist.models import Denoiser, DiffusionModel, load
+from diffumnist.pretrained import load_pretrained
 
-__all__ = ["Denoiser", "DiffusionModel", "ModelConfig", "TrainConfig", "load", "recipe"]
+__all__ = [
+    "Denoiser",
+    "DiffusionModel",
+    "ModelConfig",
+    "TrainConfig",
+    "load",
+    "load_pretrained",
+    "recipe",
+]
 __version__ = "0.1.0"

@@ -88,7 +88,7 @@ def train_classifier(
     net.eval()
     weights = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
-    accuracy = test_accuracy(net, data_dir)
+    accuracy = accuracy_on_test_split(net, data_dir)
     config = ModelConfig(kind="class", hidden_dim=FEATURE_DIM)  # header slot; kind unused
     save_checkpoint(
         out_path,
@@ -111,7 +111,7 @@ def classify(
     return torch.cat(predictions), torch.cat(features)
 
 
-def test_accuracy(net: MNISTClassifier, data_dir: Path | str | None = None) -> float:
+def accuracy_on_test_split(net: MNISTClassifier, data_dir: Path | str | None = None) -> float:
     images, labels = load_split("test", data_dir)
     predictions, _ = classify(net, images)
     return (predictions == labels).double().mean().item()

@@ -118,6 +118,8 @@ class TrainConfig:
     precision: Precision = _flag("auto = bf16 autocast where the hardware has it", "auto")
     device: DeviceName = _flag("where to train", "auto")
     preview_every: int = _flag("save a small sample grid every N epochs (0 = never)", 1)
+    eval_every: int = _flag("score a few samples with the judge every N epochs (0 = never)", 0)
+    eval_n: int = _flag("samples per evaluation during training", 300)
 
     def resolved(self) -> TrainConfig:
         """Fill recipe defaults and validate; returns a new config."""
@@ -148,8 +150,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
-        if not isinstance(self.preview_every, int) or self.preview_every < 0:
-            raise ConfigError(f"preview_every must be >= 0; got {self.preview_every!r}")
+        for name in ("preview_every", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0; got {value!r}")
+        if not isinstance(self.eval_n, int) or self.eval_n < 10:
+            raise ConfigError(f"eval_n must be an integer >= 10; got {self.eval_n!r}")
         check_positive("lr", self.lr)
         check_positive("lr_gamma", self.lr_gamma)
         check_positive("sigma", self.sigma, allow_zero=True)

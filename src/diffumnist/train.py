@@ -224,11 +224,34 @@ class Trainer:
         if epoch_complete:
             state.epoch += 1
             state.scheduler.step()
-            every = self.config.preview_every
-            if every and (state.epoch % every == 0 or state.epoch == self.config.epochs):
+            if self._due(self.config.preview_every, state.epoch):
                 self._save_preview(state)
+            if self._due(self.config.eval_every, state.epoch) and self.config.kind != "denoiser":
+                self._evaluate(state)
         done = not epoch_complete or state.epoch >= self.config.epochs
         _save(self.run_dir, self.config, state, done=done)
+
+    def _due(self, every: int, epoch: int) -> bool:
+        return bool(every) and (epoch % every == 0 or epoch == self.config.epochs)
+
+    def _evaluate(self, state: TrainState) -> None:
+        """Score `eval_n` fresh samples with the judge; append one line to eval.jsonl."""
+        from diffumnist.evaluate import generate, score_samples
+
+        net = state.ema if state.ema is not None else state.net
+        model = DiffusionModel(self.config.model_config(), net)
+        images, labels = generate(
+            model, self.config.eval_n, seed=PREVIEW_SEED, precision=self.precision, progress=False
+        )
+        scores = score_samples(images, labels, self.data_dir)
+        entry = {"epoch": state.epoch, "step": state.step, "mnist_fid": scores["mnist_fid"],
+                 "mnist_fid_floor": scores["mnist_fid_floor"]}  # fmt: skip
+        if "guided_accuracy" in scores:
+            entry["guided_accuracy"] = scores["guided_accuracy"]["overall"]
+        with (self.run_dir / "eval.jsonl").open("a") as log:
+            log.write(json.dumps(entry) + "\n")
+        tqdm.write(f"epoch {state.epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in entry.items()))
+        state.net.train()
 
     def _save_preview(self, state: TrainState) -> None:
         """A small fixed-seed sample set per epoch: what the epoch-comparison figures use."""

@@ -1,0 +1,26 @@
+"""The trained recipe models shipped inside the package: usable offline, with no training.
+
+    model = diffumnist.load_pretrained("class")
+    samples, animation = model.sample(torch.tensor([5]), guidance_scale=5.0, seed=42)
+
+MODEL_CARD.md says how each file was trained and how it measures.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from diffumnist.config import MODEL_KINDS, check_choice
+from diffumnist.models import Denoiser, DiffusionModel, load
+
+
+def pretrained_path(kind: str) -> Path:
+    """Where the shipped weights of `kind` (denoiser, time or class) live."""
+    check_choice("pretrained model", kind, MODEL_KINDS)
+    return Path(str(resources.files("diffumnist") / "weights" / f"{kind}.safetensors"))
+
+
+def load_pretrained(kind: str = "class") -> DiffusionModel | Denoiser:
+    """The shipped model of `kind`, on the CPU, in eval mode."""
+    return load(pretrained_path(kind))
