@@ -24,7 +24,13 @@ from diffumnist.data import to_uint8
 from diffumnist.diffusion import GaussianDiffusion
 from diffumnist.nets import build_net
 from diffumnist.runtime import autocast
-from diffumnist.sampling import StepCallback, StepInfo, ddpm_sample, make_eps_fn
+from diffumnist.sampling import (
+    StepCallback,
+    StepInfo,
+    check_sampler_args,
+    get_sampler,
+    make_eps_fn,
+)
 
 MAX_SAMPLES_PER_CALL = 10_000
 
@@ -81,10 +87,15 @@ class DiffusionModel(nn.Module):
         precision: str = "fp32",
         frame_every: int = 1,
         callback: StepCallback | None = None,
+        sampler: str = "ddpm",
+        steps: int | None = None,
+        eta: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Generate images from pure noise with the recipe's DDPM sampler.
+        """Generate images from pure noise; the recipe's DDPM sampler unless `sampler` says.
 
         c: digits (N,) for the class model; the time model takes `n` instead.
+        sampler: ddpm (all T steps), ddim or dpmpp (`steps` <= T; None picks
+        sampling.DEFAULT_STEPS); `eta` in [0, 1] is DDIM's noise (0 = deterministic).
         Returns (samples float (N, 1, H, W) clamped to [0, 1] on the CPU,
         animation uint8 (F, N, H, W): x_T, then x_t after every `frame_every`-th step
         and always the final x_0). Same seed, same samples, on the same machine.
@@ -101,6 +112,7 @@ class DiffusionModel(nn.Module):
             raise ConfigError(f"guidance_scale must be a finite number; got {guidance_scale!r}")
         if frame_every < 1:
             raise ConfigError(f"frame_every must be >= 1; got {frame_every}")
+        check_sampler_args(sampler, steps, eta, self.diffusion.num_timesteps)
 
         self.net.eval()
         generator = torch.Generator().manual_seed(int(seed))
@@ -115,7 +127,9 @@ class DiffusionModel(nn.Module):
                 callback(info)
 
         with autocast(self.device, precision):
-            x0 = ddpm_sample(eps_fn, x_T, self.diffusion, generator, record)
+            x0 = get_sampler(sampler)(
+                eps_fn, x_T, self.diffusion, generator, record, steps=steps, eta=eta
+            )
         return x0.float().clamp(0, 1).cpu(), torch.stack(frames)
 
 
