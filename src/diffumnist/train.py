@@ -9,9 +9,11 @@ killed and resumed ends with the same weights as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from diffumnist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_atomic
+from diffumnist.checkpoint import (
+    Checkpoint,
+    check_model_size,
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+    write_atomic,
+)
 from diffumnist.config import ConfigError, TrainConfig
 from diffumnist.data import iterate_batches, load_split, to_unit
 from diffumnist.diffusion import GaussianDiffusion
@@ -78,10 +87,25 @@ def _restore(state: TrainState, ckpt: Checkpoint) -> None:
 
 @torch.no_grad()
 def _update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1 − decay)·net for parameters; buffers (BN statistics) copied."""
+    """ema ← decay·ema + (1 − decay)·net, for parameters and BatchNorm running statistics.
+
+    Copying the raw net's BN statistics instead would pair them with weights they were not
+    measured for; while the learning rate is high that mismatch ruins EMA samples.
+    """
     torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1.0 - decay)
     for ema_buffer, buffer in zip(ema.buffers(), net.buffers(), strict=True):
-        ema_buffer.copy_(buffer)
+        if ema_buffer.is_floating_point():
+            ema_buffer.lerp_(buffer, 1.0 - decay)
+        else:
+            ema_buffer.copy_(buffer)
+
+
+def _logged_step(line: str) -> float:
+    """The step of one loss.jsonl line; infinity for a partial line (never kept)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _save(run_dir: Path, config: TrainConfig, state: TrainState, done: bool) -> None:
@@ -102,6 +126,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, run_dir: Path, data_dir: Path | str | None = None):
         self.config = config.resolved()
+        check_model_size(self.config.model_config())
         self.run_dir = Path(run_dir)
         self.data_dir = data_dir
         self.device = resolve_device(self.config.device)
@@ -123,6 +148,8 @@ class Trainer:
     def _prepare_run_dir(self) -> TrainState:
         state = _new_state(self.config, self.device)
         ckpt_path = self.run_dir / CHECKPOINT_NAME
+        for name in (CHECKPOINT_NAME, "config.json", "loss.jsonl"):
+            remove_partial_writes(self.run_dir / name)  # left by a process killed mid-write
         if ckpt_path.exists():
             ckpt = load_checkpoint(ckpt_path)
             if ckpt.meta.get("train") != self.config.to_dict():
@@ -144,10 +171,13 @@ class Trainer:
         return state
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log lines written after the checkpoint (a crash mid-epoch leaves some)."""
+        """Drop log lines written after the checkpoint (a crash mid-epoch leaves some).
+
+        A process killed mid-append leaves a partial last line, which is dropped too.
+        """
         log_path = self.run_dir / "loss.jsonl"
         lines = log_path.read_text().splitlines() if log_path.exists() else []
-        kept = [line for line in lines if line and json.loads(line)["step"] <= step]
+        kept = [line for line in lines if _logged_step(line) <= step]
         write_atomic(log_path, "".join(f"{line}\n" for line in kept).encode())
 
     def _load_data(self) -> torch.Tensor:
@@ -219,7 +249,8 @@ class Trainer:
         return value
 
     def _finish_epoch(self, state: TrainState, log_lines: list[str], epoch_complete: bool) -> None:
-        with (self.run_dir / "loss.jsonl").open("a") as log:
+        log_path = self.run_dir / "loss.jsonl"
+        with self._disk_errors_stop_training(), log_path.open("a") as log:
             log.write("".join(f"{line}\n" for line in log_lines))
         if epoch_complete:
             state.epoch += 1
@@ -229,7 +260,25 @@ class Trainer:
             if self._due(self.config.eval_every, state.epoch) and self.config.kind != "denoiser":
                 self._evaluate(state)
         done = not epoch_complete or state.epoch >= self.config.epochs
-        _save(self.run_dir, self.config, state, done=done)
+        with self._disk_errors_stop_training():
+            _save(self.run_dir, self.config, state, done=done)
+
+    @contextlib.contextmanager
+    def _disk_errors_stop_training(self) -> Iterator[None]:
+        """Turn a failed write (disk full, folder gone) into a TrainingError that says what
+        survived: write_atomic never replaces the checkpoint with a partial file."""
+        try:
+            yield
+        except OSError as exc:
+            ckpt_path = self.run_dir / CHECKPOINT_NAME
+            kept = (
+                f"the previous checkpoint {ckpt_path} is intact; free space and rerun with --resume"
+                if ckpt_path.exists()
+                else "no checkpoint was written yet"
+            )
+            raise TrainingError(
+                f"cannot write to {self.run_dir}: {exc.strerror or exc}; {kept}"
+            ) from exc
 
     def _due(self, every: int, epoch: int) -> bool:
         return bool(every) and (epoch % every == 0 or epoch == self.config.epochs)
@@ -254,8 +303,11 @@ class Trainer:
         state.net.train()
 
     def _save_preview(self, state: TrainState) -> None:
-        """A small fixed-seed sample set per epoch: what the epoch-comparison figures use."""
-        net = state.ema if state.ema is not None else state.net
+        """A small fixed-seed sample set per epoch: what the epoch-comparison figures use.
+
+        Drawn with the raw weights, the recipe's model, whether or not an EMA copy is kept.
+        """
+        net = state.net
         model_config = self.config.model_config()
         if self.config.kind == "denoiser":
             clean = to_unit(load_split("test", self.data_dir)[0][:8]).to(self.device)
