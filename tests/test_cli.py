@@ -157,3 +157,33 @@ def test_console_entry_point_runs(class_ckpt, tmp_path):
     assert result.stderr.strip().splitlines() == [
         "diffumnist: error: --digits must be digits 0-9 like 0-9, 3 or 1,3,5; got '99'"
     ]
+
+
+def test_sample_without_checkpoint_uses_the_shipped_model(tmp_path):
+    out = tmp_path / "g.png"
+    argv = ["sample", "--digits", "3", "--per-digit", "1", "--sampler", "dpmpp", "--steps", "5",
+            "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("extra", [["--sampler", "euler"], ["--steps", "0"], ["--eta", "nan"]])
+def test_bad_sampler_settings_are_one_line(capsys, tmp_path, extra):
+    assert main(["sample", "--out", str(tmp_path / "g.png"), *extra]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_eval_scores_a_sample_file_and_writes_json(capsys, tmp_path, data_dir):
+    import json
+
+    from diffumnist.data import load_split
+    from diffumnist.evaluate import save_npz
+
+    images, labels = load_split("test", data_dir)
+    samples = tmp_path / "real.npz"
+    samples.write_bytes(save_npz(images[:300], labels[:300]))
+    report = tmp_path / "scores.json"
+    argv = ["eval", "--samples", str(samples), "--json", str(report), "--data-dir", str(data_dir)]
+    assert main(argv) == 0
+    assert "MNIST-FID" in capsys.readouterr().out
+    assert json.loads(report.read_text())["n"] == 300
+    assert main(["eval"]) == 2
