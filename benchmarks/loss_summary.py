@@ -18,7 +18,8 @@ def summarise(run_dir: Path) -> str:
     first = [e["loss"] for e in entries if e["epoch"] == 1]
     final = [e["loss"] for e in entries if e["epoch"] == entries[-1]["epoch"]]
     return (
-        f"{run_dir.name:9} steps {entries[-1]['step']:5}  epoch-1 mean {sum(first) / len(first):.4f}"
+        f"{run_dir.name:9} steps {entries[-1]['step']:5}"
+        f"  epoch-1 mean {sum(first) / len(first):.4f}"
         f"  epoch-1 last 100 {sum(first[-100:]) / len(first[-100:]):.4f}"
         f"  final-epoch mean {sum(final) / len(final):.4f}"
     )

@@ -24,6 +24,13 @@ from safetensors.torch import save as save_bytes
 from diffumnist.config import ConfigError, ModelConfig
 
 FORMAT = "diffumnist/1"
+# What a checkpoint (a file from anywhere) may ask us to allocate: far above the recipe's
+# D=128, T=300, far below an out-of-memory kill.
+MAX_HIDDEN_DIM = 1024
+MAX_NUM_TIMESTEPS = 100_000
+# First bytes of formats that unpickle on load (torch.save's zip, a raw pickle), checked only
+# after safetensors parsing failed, to say why such a file is refused.
+_PICKLE_MAGICS = (b"PK\x03\x04", b"\x80")
 
 
 class CheckpointError(ConfigError):
@@ -67,12 +74,27 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any])
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
+def check_model_size(config: ModelConfig) -> None:
+    """Refuse configs whose network or schedule alone would exhaust memory."""
+    if config.hidden_dim > MAX_HIDDEN_DIM or config.num_timesteps > MAX_NUM_TIMESTEPS:
+        raise CheckpointError(
+            f"hidden_dim must be <= {MAX_HIDDEN_DIM} and num_timesteps <= {MAX_NUM_TIMESTEPS}; "
+            f"got {config.hidden_dim} and {config.num_timesteps}"
+        )
+
+
 def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
 def _strip(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def remove_partial_writes(path: Path) -> None:
+    """Delete temp files a killed `write_atomic(path, ...)` left behind; `path` is untouched."""
+    for leftover in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -134,13 +156,18 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
             raise ValueError("not a DiffuMNIST checkpoint")
         header = json.loads(metadata["header"])
         model_config = ModelConfig.from_dict(header["model_config"])
-    except (SafetensorError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        check_model_size(model_config)
+        optimizer = None
+        if header.get("optimizer") is not None:
+            optim_tensors = {k: v for k, v in tensors.items() if k.startswith("optim.")}
+            optimizer = _unflatten_optimizer(optim_tensors, header["optimizer"])
+    except (SafetensorError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        if data.startswith(_PICKLE_MAGICS):
+            raise CheckpointError(
+                f"{path} looks like a pickle (torch.save) file; DiffuMNIST never unpickles, "
+                "since that can run arbitrary code; load only .safetensors checkpoints"
+            ) from exc
         raise CheckpointError(f"{path} is not a valid DiffuMNIST checkpoint ({exc})") from exc
-    optim_rest = header.get("optimizer")
-    optimizer = None
-    if optim_rest is not None:
-        optim_tensors = {k: v for k, v in tensors.items() if k.startswith("optim.")}
-        optimizer = _unflatten_optimizer(optim_tensors, optim_rest)
     return Checkpoint(
         model_config=model_config,
         weights=_strip("model.", tensors),

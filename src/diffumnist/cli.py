@@ -61,6 +61,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    """A seed in 0..2**32-1: torch takes up to 2**64-1, but eval derives per-batch seeds."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..4294967295, got {text!r}")
+    return value
+
+
 def finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -80,6 +91,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         kwargs = {"help": field.metadata["help"], "default": argparse.SUPPRESS}
         if field.type in _FLAG_CHOICES:
             kwargs["choices"] = _FLAG_CHOICES[field.type]
+        elif field.name == "seed":
+            kwargs["type"] = seed_int
         else:
             kwargs["type"] = _FLAG_TYPES[field.type.split(" ")[0]]
         parser.add_argument(flag, **kwargs)
@@ -87,7 +100,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_sampling_flags(parser: argparse.ArgumentParser, seed: int) -> None:
     parser.add_argument("--guidance-scale", type=finite_float, default=5.0, help="CFG scale γ")
-    parser.add_argument("--seed", type=int, default=seed, help="seed of the initial noise")
+    parser.add_argument("--seed", type=seed_int, default=seed, help="seed of the initial noise")
     parser.add_argument("--sampler", default="ddpm", help="ddpm (the recipe), ddim or dpmpp")
     parser.add_argument("--steps", type=positive_int, help="sampler steps (default: all T)")
     parser.add_argument("--eta", type=finite_float, default=0.0, help="DDIM noise (0 = none)")
@@ -137,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="offline demo: all ten digits from the shipped model")
     demo.add_argument("--out", type=Path, default=Path("demo"), help="output folder")
-    demo.add_argument("--seed", type=int, default=42, help="seed of the initial noise")
+    demo.add_argument("--seed", type=seed_int, default=42, help="seed of the initial noise")
 
     figures = commands.add_parser("figures", help="draw every figure of the recipe")
     figures.add_argument("--out", type=Path, default=Path("docs"), help="output folder")
@@ -247,7 +260,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 def write_samples(model, args: argparse.Namespace, digits: list[int] | None) -> None:
     """Sample with `model` and write the grid (and GIF / npz) atomically."""
-    kwargs = _sampling_kwargs(args, model)
+    # every step's frame only when a GIF is wanted: 10k samples x 300 frames would be 2.4 GB
+    kwargs = {**_sampling_kwargs(args, model), "frame_every": 1 if args.gif else 10**9}
     if model.config.kind == "class":
         c = torch.tensor(digits).repeat_interleave(args.per_digit)
         samples, frames = model.sample(c, seed=args.seed, **kwargs)

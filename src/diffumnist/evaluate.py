@@ -21,7 +21,7 @@ from diffumnist.classifier import classify, load_classifier
 from diffumnist.config import ConfigError
 from diffumnist.data import load_split, to_uint8, to_unit
 from diffumnist.metrics import class_balance, fid_from_features, guided_accuracy, precision_recall
-from diffumnist.models import Denoiser, DiffusionModel
+from diffumnist.models import MAX_SAMPLES_PER_CALL, Denoiser, DiffusionModel
 
 ROBUSTNESS_SIGMAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 MAX_EVAL_SAMPLES = 60_000
@@ -45,6 +45,8 @@ def generate(
     """n samples as (uint8 images (n, 28, 28), labels (n,)); class model: digits i % 10."""
     if not 1 <= n <= MAX_EVAL_SAMPLES:
         raise ConfigError(f"n must lie in 1..{MAX_EVAL_SAMPLES}; got {n}")
+    if not 1 <= batch_size <= MAX_SAMPLES_PER_CALL:  # refuse before the first batch, not in it
+        raise ConfigError(f"batch_size must lie in 1..{MAX_SAMPLES_PER_CALL}; got {batch_size}")
     is_class = model.config.kind == "class"
     labels = torch.arange(n) % 10 if is_class else torch.full((n,), -1)
     images = []

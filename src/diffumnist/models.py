@@ -12,6 +12,7 @@ no flags, because the checkpoint carries its ModelConfig.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,11 +34,27 @@ from diffumnist.sampling import (
 )
 
 MAX_SAMPLES_PER_CALL = 10_000
+# torch.Generator.manual_seed takes any integer in this range and raises ValueError outside it.
+SEED_RANGE = range(-(2**63), 2**64)
+# The animation is kept in memory as uint8; past this a request must take fewer frames.
+MAX_FRAME_BYTES = 2**30
+
+
+def _is_integer(value: object) -> bool:
+    """True for ints and integer-likes (NumPy, 0-d tensors), False for floats and the rest."""
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def digits_to_onehot(c: torch.Tensor | Sequence[int] | int, num_classes: int = 10) -> torch.Tensor:
     """Digits (N,) -> one-hot float (N, num_classes); rejects anything outside 0..9."""
-    digits = torch.as_tensor(c).reshape(-1)
+    try:
+        digits = torch.as_tensor(c).reshape(-1)
+    except (ValueError, TypeError, RuntimeError) as exc:  # e.g. 2**70 overflows int64
+        raise ConfigError(f"digits must be whole numbers 0-9 ({exc})") from None
     if digits.is_floating_point() and not bool((digits == digits.round()).all()):
         raise ConfigError("digits must be whole numbers 0-9")
     digits = digits.long()
@@ -106,16 +123,29 @@ class DiffusionModel(nn.Module):
             raise ConfigError(
                 f"img_wh must be multiples of 28 (the UNet's 7x7 bottleneck): {img_wh}"
             )
-        if count > MAX_SAMPLES_PER_CALL:
-            raise ConfigError(f"at most {MAX_SAMPLES_PER_CALL} samples per call; got {count}")
+        # the memory bound counts 28x28 tiles, so larger images mean fewer samples
+        tiles = count * (width // 28) * (height // 28)
+        if tiles > MAX_SAMPLES_PER_CALL:
+            raise ConfigError(
+                f"at most {MAX_SAMPLES_PER_CALL} samples of 28x28 per call (fewer when larger); "
+                f"got {count} of {width}x{height}"
+            )
+        if not _is_integer(seed) or operator.index(seed) not in SEED_RANGE:
+            raise ConfigError(f"seed must be an integer in [-2**63, 2**64); got {seed!r}")
         if not isinstance(guidance_scale, int | float) or not math.isfinite(guidance_scale):
             raise ConfigError(f"guidance_scale must be a finite number; got {guidance_scale!r}")
         if frame_every < 1:
             raise ConfigError(f"frame_every must be >= 1; got {frame_every}")
-        check_sampler_args(sampler, steps, eta, self.diffusion.num_timesteps)
+        num_steps = check_sampler_args(sampler, steps, eta, self.diffusion.num_timesteps)
+        frame_bytes = (num_steps // frame_every + 2) * tiles * 28 * 28
+        if frame_bytes > MAX_FRAME_BYTES:
+            raise ConfigError(
+                f"the animation would take {frame_bytes / 2**30:.1f} GiB; ask for fewer "
+                f"samples or a larger frame_every (at most {MAX_FRAME_BYTES / 2**30:.0f} GiB)"
+            )
 
         self.net.eval()
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(operator.index(seed))
         x_T = torch.randn((count, 1, height, width), generator=generator).to(self.device)
         eps_fn = make_eps_fn(self.net, self.diffusion, onehot, float(guidance_scale))
         frames = [to_uint8(x_T)]
