@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--out", type=Path, default=Path("docs"), help="output folder")
     figures.add_argument("--runs", type=Path, default=Path("training"), help="run folders")
     figures.add_argument("--data-dir", type=Path, help="MNIST folder (default $DIFFUMNIST_DATA)")
+    figures.add_argument("--sampler", default="ddpm", help="ddpm (the recipe), ddim or dpmpp")
+    figures.add_argument("--steps", type=positive_int, help="sampler steps (default: all T)")
+    figures.add_argument("--eta", type=finite_float, default=0.0, help="DDIM noise (0 = none)")
 
     ui = commands.add_parser("ui", help="serve the interactive page")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
@@ -341,7 +344,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_figures(args: argparse.Namespace) -> int:
     from diffumnist.figures import draw_all
 
-    for path in draw_all(args.out, args.runs, args.data_dir):
+    sampling = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta}
+    for path in draw_all(args.out, args.runs, args.data_dir, sampling):
         print(path)
     return 0
 

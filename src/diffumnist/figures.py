@@ -126,21 +126,21 @@ def epochs_animation(runs: Path, out: Path) -> Path:
     return path
 
 
-def process_animations(out: Path) -> list[Path]:
-    """The recipe's sampler at work: time model (10 samples), class model (digits 0-9)."""
+def process_animations(out: Path, sampling: dict) -> list[Path]:
+    """The sampler at work: time model (10 samples), class model (digits 0-9)."""
     paths = []
     for kind in ("time", "class"):
         model = load_pretrained(kind)
         precision = resolve_precision("auto", model.device)
         c, n = (torch.arange(10), None) if kind == "class" else (None, 10)
-        samples, frames = model.sample(c, n=n, seed=SEED, precision=precision)
+        samples, frames = model.sample(c, n=n, seed=SEED, precision=precision, **sampling)
         save_grid(samples, out / f"{kind}_final.png", nrow=10, scale=2)
         save_gif(frames, out / f"{kind}_process.gif", nrow=10)
         paths += [out / f"{kind}_final.png", out / f"{kind}_process.gif"]
     return paths
 
 
-def guidance_strip(out: Path) -> Path:
+def guidance_strip(out: Path, sampling: dict) -> Path:
     """The same seed at γ = 0, 1, 3, 5, 10: one row per scale, one column per digit."""
     model = load_pretrained("class")
     precision = resolve_precision("auto", model.device)
@@ -153,13 +153,21 @@ def guidance_strip(out: Path) -> Path:
             seed=SEED,
             precision=precision,
             frame_every=10**9,
+            **sampling,
         )
         _image_row(ax, samples, f"γ = {scale:g}", nrow=10)
     return _save(fig, out / "guidance_strip.png")
 
 
-def draw_all(out: Path, runs: Path, data_dir: Path | None = None) -> list[Path]:
-    """Draw every figure into `out`; returns the paths written."""
+def draw_all(
+    out: Path, runs: Path, data_dir: Path | None = None, sampling: dict | None = None
+) -> list[Path]:
+    """Draw every figure into `out`; returns the paths written.
+
+    `sampling` (sampler, steps, eta) applies to the figures drawn from the shipped models;
+    the default is the recipe's DDPM sampler.
+    """
+    sampling = sampling or {}
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -168,6 +176,6 @@ def draw_all(out: Path, runs: Path, data_dir: Path | None = None) -> list[Path]:
     paths += denoiser_figures(runs, out, data_dir)
     paths += epoch_samples(runs, out)
     paths.append(epochs_animation(runs, out))
-    paths += process_animations(out)
-    paths.append(guidance_strip(out))
+    paths += process_animations(out, sampling)
+    paths.append(guidance_strip(out, sampling))
     return paths
