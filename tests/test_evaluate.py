@@ -75,7 +75,7 @@ def test_denoiser_robustness_table(data_dir):
     from diffumnist.models import Denoiser
 
     identity_like = Denoiser(ModelConfig(kind="denoiser", hidden_dim=4))
-    identity_like.denoise = lambda noisy: noisy  # the "do nothing" denoiser
+    identity_like.denoise = lambda noisy, precision="fp32": noisy  # does nothing
     rows = denoiser_robustness(identity_like, data_dir)
     assert [r["sigma"] for r in rows] == [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
     for row in rows:

@@ -312,7 +312,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         model = _load_on_device(args.checkpoint, args.device)
         if model.config.kind == "denoiser":
-            rows = evaluate.denoiser_robustness(model, args.data_dir, args.seed)
+            from diffumnist.runtime import resolve_precision
+
+            device = next(model.net.parameters()).device
+            precision = resolve_precision(args.precision, device)
+            rows = evaluate.denoiser_robustness(
+                model, args.data_dir, args.seed, limit=args.n, precision=precision
+            )
             results = {"robustness": rows}
             print(evaluate.format_robustness(rows))
         else:

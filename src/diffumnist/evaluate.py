@@ -130,10 +130,16 @@ def score_samples(
 
 @torch.inference_mode()
 def denoiser_robustness(
-    denoiser: Denoiser, data_dir: Path | str | None = None, seed: int = 0, batch_size: int = 1000
+    denoiser: Denoiser,
+    data_dir: Path | str | None = None,
+    seed: int = 0,
+    batch_size: int = 1000,
+    limit: int | None = None,
+    precision: str = "fp32",
 ) -> list[dict[str, float]]:
-    """MSE and PSNR of the denoiser on the test split at each σ, beside the noisy input's."""
-    clean_all = load_split("test", data_dir)[0]
+    """MSE and PSNR of the denoiser on the test split (its first `limit` digits) at each σ,
+    beside the noisy input's."""
+    clean_all = load_split("test", data_dir)[0][:limit]
     rows = []
     for sigma in ROBUSTNESS_SIGMAS:
         generator = torch.Generator().manual_seed(seed)
@@ -142,7 +148,7 @@ def denoiser_robustness(
             clean = to_unit(clean_all[start : start + batch_size])
             noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
             input_error += (noisy - clean).square().sum().item()
-            output_error += (denoiser.denoise(noisy) - clean).square().sum().item()
+            output_error += (denoiser.denoise(noisy, precision) - clean).square().sum().item()
         pixels = clean_all.numel()
         input_mse, output_mse = input_error / pixels, output_error / pixels
         rows.append({

@@ -174,11 +174,12 @@ class Denoiser(nn.Module):
         self.net = net if net is not None else build_net(config)
 
     @torch.inference_mode()
-    def denoise(self, noisy: torch.Tensor) -> torch.Tensor:
+    def denoise(self, noisy: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         """noisy (N, 1, 28, 28) -> denoised (N, 1, 28, 28), unclamped, on the input's device."""
         self.net.eval()
         device = next(self.net.parameters()).device
-        return self.net(noisy.to(device)).float().to(noisy.device)
+        with autocast(device, precision):
+            return self.net(noisy.to(device)).float().to(noisy.device)
 
 
 def model_from_weights(
