@@ -28,3 +28,20 @@ def tiny_class_model():
 
     torch.manual_seed(0)
     return DiffusionModel(ModelConfig(kind="class", hidden_dim=8, num_timesteps=20)).eval()
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path):
+    """Write a randomly initialised, seeded checkpoint of `kind`; returns its path."""
+    from diffumnist.checkpoint import Checkpoint, save_checkpoint
+    from diffumnist.config import ModelConfig
+    from diffumnist.nets import build_net
+
+    def make(kind: str, hidden_dim: int = 4, num_timesteps: int = 5) -> Path:
+        torch.manual_seed(0)
+        config = ModelConfig(kind=kind, hidden_dim=hidden_dim, num_timesteps=num_timesteps)
+        path = tmp_path / f"{kind}-{hidden_dim}-{num_timesteps}.safetensors"
+        save_checkpoint(path, Checkpoint(config, build_net(config).state_dict()))
+        return path
+
+    return make

@@ -7,29 +7,18 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
-from diffumnist.checkpoint import Checkpoint, save_checkpoint
 from diffumnist.cli import main, parse_digits
-from diffumnist.config import ModelConfig
-from diffumnist.nets import build_net
 
 
 @pytest.fixture
-def class_ckpt(tmp_path):
-    torch.manual_seed(0)
-    config = ModelConfig(kind="class", hidden_dim=8, num_timesteps=10)
-    path = tmp_path / "class.safetensors"
-    save_checkpoint(path, Checkpoint(config, build_net(config).state_dict()))
-    return path
+def class_ckpt(make_checkpoint):
+    return make_checkpoint("class", hidden_dim=8, num_timesteps=10)
 
 
 @pytest.fixture
-def denoiser_ckpt(tmp_path):
-    config = ModelConfig(kind="denoiser", hidden_dim=4)
-    path = tmp_path / "denoiser.safetensors"
-    save_checkpoint(path, Checkpoint(config, build_net(config).state_dict()))
-    return path
+def denoiser_ckpt(make_checkpoint):
+    return make_checkpoint("denoiser")
 
 
 def test_sample_writes_grid_gif_and_npz(tmp_path, class_ckpt):

@@ -18,10 +18,9 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from diffumnist import cli, evaluate
-from diffumnist.checkpoint import Checkpoint, CheckpointError, save_checkpoint
+from diffumnist.checkpoint import CheckpointError
 from diffumnist.config import ConfigError, ModelConfig
 from diffumnist.models import MAX_SAMPLES_PER_CALL, DiffusionModel, load
-from diffumnist.nets import build_net
 
 FUZZ = settings(
     max_examples=150,
@@ -89,20 +88,13 @@ def test_checkpoint_asking_for_a_huge_network_is_refused(tmp_path):
 
 
 @pytest.fixture
-def time_ckpt(tmp_path):
-    config = ModelConfig(kind="time", hidden_dim=4, num_timesteps=5)
-    path = tmp_path / "time.safetensors"
-    save_checkpoint(path, Checkpoint(config, build_net(config).state_dict()))
-    return path
+def time_ckpt(make_checkpoint):
+    return make_checkpoint("time")
 
 
 @pytest.fixture
-def class_ckpt(tmp_path):
-    torch.manual_seed(0)
-    config = ModelConfig(kind="class", hidden_dim=4, num_timesteps=5)
-    path = tmp_path / "class.safetensors"
-    save_checkpoint(path, Checkpoint(config, build_net(config).state_dict()))
-    return path
+def class_ckpt(make_checkpoint):
+    return make_checkpoint("class")
 
 
 @pytest.mark.parametrize(
