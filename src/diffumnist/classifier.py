@@ -9,7 +9,6 @@ MNIST-FID and of precision/recall; its argmax is the verdict for guided accuracy
 from __future__ import annotations
 
 import math
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -20,9 +19,9 @@ from tqdm import tqdm
 from diffumnist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from diffumnist.config import ConfigError, ModelConfig
 from diffumnist.data import iterate_batches, load_split, to_unit
+from diffumnist.pretrained import shipped_weights
 
 FEATURE_DIM = 128
-SHIPPED_WEIGHTS = "classifier.safetensors"
 
 
 class MNISTClassifier(nn.Module):
@@ -120,8 +119,8 @@ def accuracy_on_test_split(net: MNISTClassifier, data_dir: Path | str | None = N
 def load_classifier(path: Path | str | None = None) -> tuple[MNISTClassifier, dict]:
     """The shipped judge (or one at `path`) and its metadata (test accuracy, seed)."""
     if path is None:
-        path = resources.files("diffumnist") / "weights" / SHIPPED_WEIGHTS
-    ckpt = load_checkpoint(Path(str(path)))
+        path = shipped_weights("classifier")
+    ckpt = load_checkpoint(path)
     if not ckpt.meta.get("judge"):
         raise ConfigError(f"{path} is not a classifier checkpoint")
     net = MNISTClassifier()

@@ -15,10 +15,15 @@ from diffumnist.config import MODEL_KINDS, check_choice
 from diffumnist.models import Denoiser, DiffusionModel, load
 
 
+def shipped_weights(name: str) -> Path:
+    """The file `weights/<name>.safetensors` inside the installed package."""
+    return Path(str(resources.files("diffumnist") / "weights" / f"{name}.safetensors"))
+
+
 def pretrained_path(kind: str) -> Path:
     """Where the shipped weights of `kind` (denoiser, time or class) live."""
     check_choice("pretrained model", kind, MODEL_KINDS)
-    return Path(str(resources.files("diffumnist") / "weights" / f"{kind}.safetensors"))
+    return shipped_weights(kind)
 
 
 def load_pretrained(kind: str = "class") -> DiffusionModel | Denoiser:
