@@ -36,7 +36,10 @@ def images_per_second(precision: str, channels_last: bool, args: argparse.Namesp
 
     def step() -> None:
         with autocast(device, precision):
-            loss = diffusion.training_loss(net, x0, generator, c)
+            loss = diffusion.training_loss(
+                net, x0, diffusion.sample_timesteps(len(x0), generator).to(device),
+                torch.randn(x0.shape, generator=generator).to(device), c,
+            )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

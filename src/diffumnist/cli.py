@@ -11,7 +11,7 @@ import dataclasses
 import io
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import get_args
 
@@ -19,12 +19,24 @@ import numpy as np
 import torch
 
 from diffumnist.checkpoint import write_atomic
-from diffumnist.config import MODEL_KINDS, ConfigError, DeviceName, Precision, TrainConfig
-from diffumnist.train import CHECKPOINT_NAME, Trainer, TrainingError
+from diffumnist.config import (
+    MODEL_KINDS,
+    BatchNormMode,
+    ConfigError,
+    DeviceName,
+    Precision,
+    TrainConfig,
+)
+from diffumnist.distributed import WorkerFailed, launch, launched_by_torchrun, process_group
+from diffumnist.train import CHECKPOINT_NAME, Trainer, TrainingError, read_run_config
 
 _FLAG_TYPES = {"int": int, "float": float}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-_FLAG_CHOICES = {"Precision": get_args(Precision), "DeviceName": get_args(DeviceName)}
+_FLAG_CHOICES = {
+    "Precision": get_args(Precision),
+    "DeviceName": get_args(DeviceName),
+    "BatchNormMode": get_args(BatchNormMode),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,6 +123,10 @@ def _add_sampling_flags(parser: argparse.ArgumentParser, seed: int) -> None:
     )  # fmt: skip
 
 
+def _add_nproc_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--nproc", type=positive_int, default=1, metavar="N", help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="diffumnist", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -121,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="run folder (default runs/KIND)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--data-dir", type=Path, help="MNIST folder (default $DIFFUMNIST_DATA)")
+    _add_nproc_flag(train, "data-parallel training on N processes (or start it with torchrun)")
     _add_train_flags(train)
 
     sample = commands.add_parser("sample", help="generate digits (default: the shipped model)")
@@ -147,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=positive_int, default=500)
     _add_sampling_flags(evaluate, seed=0)
     evaluate.add_argument("--json", type=Path, help="also write the results as JSON")
+    evaluate.add_argument("--npz", type=Path, help="also write the generated samples as .npz")
+    _add_nproc_flag(evaluate, "generate on N processes, each a share of the batches")
     evaluate.add_argument("--data-dir", type=Path, help="MNIST folder (default $DIFFUMNIST_DATA)")
 
     demo = commands.add_parser("demo", help="offline demo: all ten digits from the shipped model")
@@ -225,9 +244,24 @@ def _sampling_kwargs(args: argparse.Namespace, model) -> dict:
     }
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    if args.kind == "classifier":
-        return _train_classifier(args)
+def _launches_ranks(args: argparse.Namespace, preflight: Callable[[], object]) -> bool:
+    """`--nproc N` outside torchrun: check the command once here (so a mistake is reported
+    once, before any process starts), run it as N ranks through torchrun's launcher and
+    wait; True when it did. Under torchrun, --nproc may only repeat torchrun's count."""
+    if launched_by_torchrun():
+        world_size = int(os.environ["WORLD_SIZE"])
+        if args.nproc not in (1, world_size):
+            raise ConfigError(f"--nproc {args.nproc} disagrees with torchrun's {world_size} ranks")
+        return False
+    if args.nproc == 1:
+        return False
+    preflight()
+    launch(args.nproc, args.argv)
+    return True
+
+
+def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
+    """The run's configuration (from the flags, or its config.json with --resume) and folder."""
     overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_FIELDS and k != "kind"}
     run_dir = args.out or Path("runs") / args.kind
     if args.resume:
@@ -236,13 +270,26 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--resume takes its settings from the run's config.json; drop {flags}"
             )
-        trainer = Trainer.resume(run_dir, args.data_dir)
-    else:
-        if (run_dir / CHECKPOINT_NAME).exists():
-            raise ConfigError(f"{run_dir} already holds a run; pass --resume or another --out")
-        trainer = Trainer(TrainConfig(kind=args.kind, **overrides), run_dir, args.data_dir)
-    path = trainer.run()
-    print(f"checkpoint: {path}")
+        return read_run_config(run_dir), run_dir
+    if (run_dir / CHECKPOINT_NAME).exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume or another --out")
+    return TrainConfig(kind=args.kind, **overrides), run_dir
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.kind == "classifier":
+        return _train_classifier(args)
+    config, run_dir = _train_config(args)
+
+    def preflight() -> None:
+        Trainer(config, run_dir, args.data_dir).check_batches_split(args.nproc)
+
+    if _launches_ranks(args, preflight):
+        return 0
+    with process_group(config.device) as world:
+        path = Trainer(config, run_dir, args.data_dir).run()
+    if world.is_main:
+        print(f"checkpoint: {path}")
     return 0
 
 
@@ -251,7 +298,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
     from diffumnist.classifier import train_classifier
 
     extra = set(vars(args)) & _TRAIN_FIELDS - {"kind", "epochs", "seed"}
-    if extra or args.resume:
+    if extra or args.resume or args.nproc > 1:
         raise ConfigError("train classifier takes only --out, --epochs, --seed and --data-dir")
     out = args.out or Path("runs") / "classifier.safetensors"
     _check_writable([out])
@@ -303,29 +350,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from diffumnist import evaluate
 
-    _check_writable([args.json])
+    _check_writable([args.json, args.npz])
     if (args.samples is None) == (args.checkpoint is None):
         raise ConfigError("give a checkpoint (or denoiser/time/class) or --samples FILE.npz")
     if args.samples is not None:
+        if args.nproc > 1 or launched_by_torchrun():
+            raise ConfigError("--nproc splits sample generation; scoring --samples needs one")
         results = evaluate.score_samples(*evaluate.load_npz(args.samples), args.data_dir, args.seed)
         print(evaluate.format_scores(results))
     else:
-        model = _load_on_device(args.checkpoint, args.device)
-        if model.config.kind == "denoiser":
-            from diffumnist.runtime import resolve_precision
-
-            device = next(model.net.parameters()).device
-            precision = resolve_precision(args.precision, device)
-            rows = evaluate.denoiser_robustness(
-                model, args.data_dir, args.seed, limit=args.n, precision=precision
-            )
-            results = {"robustness": rows}
-            print(evaluate.format_robustness(rows))
-        else:
-            kwargs = _sampling_kwargs(args, model)
-            images, labels = evaluate.generate(
-                model, args.n, seed=args.seed, batch_size=args.batch_size, **kwargs
-            )
+        if _launches_ranks(args, preflight=lambda: _eval_model(args)):
+            return 0
+        with process_group(args.device) as world:
+            model = _eval_model(args)
+            if model.config.kind == "denoiser":
+                results = _denoiser_robustness(model, args)
+            else:
+                kwargs = _sampling_kwargs(args, model)
+                images, labels = evaluate.generate(
+                    model, args.n, seed=args.seed, batch_size=args.batch_size, world=world,
+                    **kwargs,
+                )  # fmt: skip
+        if not world.is_main:
+            return 0
+        if model.config.kind != "denoiser":
+            if args.npz is not None:
+                write_atomic(args.npz, evaluate.save_npz(images, labels))
+                print(f"npz: {args.npz}")
             results = {"settings": {**kwargs, "n": args.n, "seed": args.seed}}
             results.update(evaluate.score_samples(images, labels, args.data_dir, args.seed))
             print(evaluate.format_scores(results))
@@ -333,6 +384,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_atomic(args.json, json.dumps(results, indent=2).encode())
         print(f"json: {args.json}")
     return 0
+
+
+def _eval_model(args: argparse.Namespace):
+    """The checkpoint to evaluate, on its device, checked against the other flags."""
+    model = _load_on_device(args.checkpoint, args.device)
+    if model.config.kind == "denoiser" and (args.nproc > 1 or launched_by_torchrun()):
+        raise ConfigError("the denoiser's robustness table runs on one process; drop --nproc")
+    if model.config.kind == "denoiser" and args.npz is not None:
+        raise ConfigError("--npz holds generated samples; a denoiser generates none")
+    return model
+
+
+def _denoiser_robustness(model, args: argparse.Namespace) -> dict:
+    from diffumnist import evaluate
+    from diffumnist.runtime import resolve_precision
+
+    precision = resolve_precision(args.precision, next(model.net.parameters()).device)
+    rows = evaluate.denoiser_robustness(
+        model, args.data_dir, args.seed, limit=args.n, precision=precision
+    )
+    print(evaluate.format_robustness(rows))
+    return {"robustness": rows}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -380,15 +453,22 @@ def _one_line(exc: Exception) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 training failure, 2 bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # a rank of a distributed run names itself, since every rank may report the same mistake
+    prefix = f"diffumnist: rank {os.environ['RANK']}:" if launched_by_torchrun() else "diffumnist:"
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"diffumnist: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prefix} error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except TrainingError as exc:
-        print(f"diffumnist: training failed: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prefix} training failed: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except WorkerFailed as exc:
+        print(f"{prefix} {exc}; its message is above", file=sys.stderr)
+        return max(exc.exit_code, 1)  # negative: the rank was killed by a signal
     except KeyboardInterrupt:
         print("diffumnist: interrupted; a training run resumes with --resume", file=sys.stderr)
         return 130

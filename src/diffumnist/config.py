@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 ModelKind = Literal["denoiser", "time", "class"]
 Precision = Literal["auto", "fp32", "bf16"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+BatchNormMode = Literal["global", "local"]
 
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 
@@ -120,6 +121,11 @@ class TrainConfig:
     preview_every: int = _flag("save a small sample grid every N epochs (0 = never)", 1)
     eval_every: int = _flag("score a few samples with the judge every N epochs (0 = never)", 0)
     eval_n: int = _flag("samples per evaluation during training", 300)
+    batchnorm: BatchNormMode = _flag(
+        "with several processes: BatchNorm statistics over the global batch (as on one "
+        "process) or each process's local share (cheaper, but a different run)",
+        "global",
+    )
 
     def resolved(self) -> TrainConfig:
         """Fill recipe defaults and validate; returns a new config."""
@@ -142,6 +148,7 @@ class TrainConfig:
     def validate(self) -> None:
         check_choice("precision", self.precision, get_args(Precision))
         check_choice("device", self.device, get_args(DeviceName))
+        check_choice("batchnorm", self.batchnorm, get_args(BatchNormMode))
         for name in ("hidden_dim", "epochs", "batch_size", "num_timesteps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

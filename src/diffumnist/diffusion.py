@@ -110,22 +110,23 @@ class GaussianDiffusion(nn.Module):
             return mean, x0_pred
         return mean + self._at(self.sampling_variance, t, x_t).sqrt() * noise, x0_pred
 
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """t ~ U{1..T} for n images (on the generator's device, like all training noise)."""
+        return torch.randint(1, self.num_timesteps + 1, (n,), generator=generator)
+
     def training_loss(
         self,
         net: nn.Module,
         x0: torch.Tensor,
-        generator: torch.Generator,
+        t: torch.Tensor,
+        noise: torch.Tensor,
         c: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Algorithm 1: t ~ U{1..T}, ε ~ N(0, I), MSE between ε and ε_θ(x_t, t[, c]).
+        """Algorithm 1 for drawn t ~ U{1..T} and ε ~ N(0, I): MSE between ε and ε_θ(x_t, t[, c]).
 
-        Randomness is drawn on the generator's device and moved, so a seeded run draws the
-        same numbers whichever device trains.
+        The caller draws t and ε, so data-parallel ranks can draw them for the whole global
+        batch and each keep its share (see distributed.py).
         """
-        n = x0.shape[0]
-        t = torch.randint(1, self.num_timesteps + 1, (n,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        t = t.to(x0.device)
         x_t = self.q_sample(x0, t, noise)
         eps_pred = net(x_t, self.time_fraction(t), c)
         return F.mse_loss(eps_pred.float(), noise)

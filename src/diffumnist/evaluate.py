@@ -20,6 +20,7 @@ from tqdm import tqdm
 from diffumnist.classifier import classify, load_classifier
 from diffumnist.config import ConfigError
 from diffumnist.data import load_split, to_uint8, to_unit
+from diffumnist.distributed import SINGLE_PROCESS, World
 from diffumnist.metrics import class_balance, fid_from_features, guided_accuracy, precision_recall
 from diffumnist.models import MAX_SAMPLES_PER_CALL, Denoiser, DiffusionModel
 
@@ -40,28 +41,36 @@ def generate(
     batch_size: int = 500,
     precision: str = "fp32",
     progress: bool = True,
+    world: World = SINGLE_PROCESS,
     **sample_kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """n samples as (uint8 images (n, 28, 28), labels (n,)); class model: digits i % 10."""
+    """n samples as (uint8 images (n, 28, 28), labels (n,)); class model: digits i % 10.
+
+    With several ranks each generates a contiguous share of the batches and every rank
+    receives the whole set; batch i is seeded with batch_seed(seed, i) wherever it runs, so
+    the set is the one a single process makes.
+    """
     if not 1 <= n <= MAX_EVAL_SAMPLES:
         raise ConfigError(f"n must lie in 1..{MAX_EVAL_SAMPLES}; got {n}")
     if not 1 <= batch_size <= MAX_SAMPLES_PER_CALL:  # refuse before the first batch, not in it
         raise ConfigError(f"batch_size must lie in 1..{MAX_SAMPLES_PER_CALL}; got {batch_size}")
     is_class = model.config.kind == "class"
     labels = torch.arange(n) % 10 if is_class else torch.full((n,), -1)
-    images = []
     starts = range(0, n, batch_size)
-    for index, start in enumerate(
-        tqdm(starts, desc="sampling", unit="batch", disable=not progress)
+    mine = range(len(starts))[world.shard(len(starts))]
+    images = []
+    for index in tqdm(
+        mine, desc="sampling", unit="batch", disable=not (progress and world.is_main)
     ):
-        batch = labels[start : start + batch_size]
+        batch = labels[starts[index] : starts[index] + batch_size]
         c, count = (batch, None) if is_class else (None, len(batch))
         samples, _ = model.sample(
             c, n=count, guidance_scale=guidance_scale, seed=batch_seed(seed, index),
             precision=precision, frame_every=10**9, **sample_kwargs,
         )  # fmt: skip
         images.append(to_uint8(samples))
-    return torch.cat(images), labels
+    shares = world.all_gather(images)
+    return torch.cat([batch for share in shares for batch in share]), labels
 
 
 def save_npz(images: torch.Tensor, labels: torch.Tensor) -> bytes:

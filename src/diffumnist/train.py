@@ -5,6 +5,9 @@ A run folder holds `config.json`, `loss.jsonl` (one line per optimizer step),
 `previews/` (small per-epoch sample sets the figures are drawn from). All randomness after
 initialisation comes from one CPU generator whose state is checkpointed, so a run that is
 killed and resumed ends with the same weights as one that never stopped.
+
+Under torchrun the same loop runs data-parallel (see distributed.py): every rank draws the
+global batch and its randomness, trains on its share, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from diffumnist.checkpoint import (
 from diffumnist.config import ConfigError, TrainConfig
 from diffumnist.data import iterate_batches, load_split, to_unit
 from diffumnist.diffusion import GaussianDiffusion
+from diffumnist.distributed import World, average_buffers, current_world, use_global_batchnorm
 from diffumnist.models import Denoiser, DiffusionModel
 from diffumnist.nets import build_net
 from diffumnist.runtime import autocast, resolve_device, resolve_precision
@@ -59,9 +63,11 @@ class TrainState:
     step: int = 0  # completed optimizer steps
 
 
-def _new_state(config: TrainConfig, device: torch.device) -> TrainState:
+def _new_state(config: TrainConfig, device: torch.device, world: World) -> TrainState:
     torch.manual_seed(config.seed)
     net = build_net(config.model_config()).to(device, memory_format=torch.channels_last)
+    if world.size > 1 and config.batchnorm == "global":
+        net = use_global_batchnorm(net)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
     generator = torch.Generator().manual_seed(config.seed)
@@ -121,8 +127,17 @@ def _save(run_dir: Path, config: TrainConfig, state: TrainState, done: bool) -> 
     save_checkpoint(run_dir / CHECKPOINT_NAME, ckpt)
 
 
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The configuration of an existing run folder, from its config.json."""
+    config_path = Path(run_dir) / "config.json"
+    try:
+        return TrainConfig.from_dict(json.loads(config_path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot resume: {config_path} is missing or unreadable ({exc})") from exc
+
+
 class Trainer:
-    """Runs (or resumes) one training run into `run_dir`."""
+    """Runs (or resumes) one training run into `run_dir`; under torchrun, one rank of it."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, data_dir: Path | str | None = None):
         self.config = config.resolved()
@@ -132,31 +147,44 @@ class Trainer:
         self.device = resolve_device(self.config.device)
         self.precision = resolve_precision(self.config.precision, self.device)
         self.diffusion = GaussianDiffusion.from_config(self.config.model_config()).to(self.device)
+        self.world = current_world()
+        self.state: TrainState | None = None
 
     @classmethod
     def resume(cls, run_dir: Path, data_dir: Path | str | None = None) -> Trainer:
         """A trainer for an existing run folder, configured from its config.json."""
-        config_path = Path(run_dir) / "config.json"
-        try:
-            config = TrainConfig.from_dict(json.loads(config_path.read_text()))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"cannot resume: {config_path} is missing or unreadable ({exc})"
-            ) from exc
-        return cls(config, run_dir, data_dir)
+        return cls(read_run_config(run_dir), run_dir, data_dir)
 
     def _prepare_run_dir(self) -> TrainState:
-        state = _new_state(self.config, self.device)
+        """A fresh or restored state; rank 0 tidies the run folder before the others read it."""
+        state = _new_state(self.config, self.device, self.world)
+        if self.world.is_main:
+            self._restore_or_start(state)
+        self.world.barrier()
+        if not self.world.is_main:
+            self._restore_or_start(state)
+        steps = self.world.all_gather(state.step)
+        if len(set(steps)) > 1:
+            raise ConfigError(
+                f"the ranks found checkpoints at different steps {steps}; the run folder "
+                f"{self.run_dir} must be one folder every rank reads"
+            )
+        return state
+
+    def _restore_or_start(self, state: TrainState) -> None:
         ckpt_path = self.run_dir / CHECKPOINT_NAME
-        for name in (CHECKPOINT_NAME, "config.json", "loss.jsonl"):
-            remove_partial_writes(self.run_dir / name)  # left by a process killed mid-write
+        if self.world.is_main:
+            for name in (CHECKPOINT_NAME, "config.json", "loss.jsonl"):
+                remove_partial_writes(self.run_dir / name)  # left by a process killed mid-write
         if ckpt_path.exists():
             ckpt = load_checkpoint(ckpt_path)
-            if ckpt.meta.get("train") != self.config.to_dict():
+            saved_config = TrainConfig.from_dict(ckpt.meta.get("train", {}))
+            if saved_config.to_dict() != self.config.to_dict():
                 raise ConfigError(f"{ckpt_path} belongs to a different configuration")
             _restore(state, ckpt)
-            self._truncate_log(state.step)
-        else:
+            if self.world.is_main:
+                self._truncate_log(state.step)
+        elif self.world.is_main:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 write_atomic(
@@ -168,7 +196,6 @@ class Trainer:
                 raise ConfigError(
                     f"cannot write to run folder {self.run_dir}: {exc.strerror}"
                 ) from exc
-        return state
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines written after the checkpoint (a crash mid-epoch leaves some).
@@ -181,34 +208,79 @@ class Trainer:
         write_atomic(log_path, "".join(f"{line}\n" for line in kept).encode())
 
     def _load_data(self) -> torch.Tensor:
+        """The training split in memory; rank 0 reads (or downloads) it before the others."""
+        if self.world.is_main:
+            load_split("train", self.data_dir)
+        self.world.barrier()
         images, labels = load_split("train", self.data_dir)
         if self.config.subset is not None:
             images, labels = images[: self.config.subset], labels[: self.config.subset]
         self.labels = labels.to(self.device)
         return images.to(self.device)
 
-    def _loss(self, net: nn.Module, x0: torch.Tensor, labels: torch.Tensor, gen) -> torch.Tensor:
+    def _draw(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The randomness of one batch of n images: class dropout, t and ε, in that order.
+
+        Drawn on the CPU generator for the whole global batch, so every rank (and a run
+        with any number of ranks) consumes the generator identically.
+        """
+        draws = {}
+        if self.config.kind == "class":
+            draws["keep"] = torch.rand(n, generator=generator) >= self.config.p_uncond
+        if self.config.kind != "denoiser":
+            draws["t"] = self.diffusion.sample_timesteps(n, generator)
+        draws["noise"] = torch.randn((n, 1, 28, 28), generator=generator)
+        return draws
+
+    def _loss(
+        self, net: nn.Module, x0: torch.Tensor, labels: torch.Tensor, draws: dict
+    ) -> torch.Tensor:
         """The recipe's objective for this kind of model on one batch x0 (N, 1, 28, 28)."""
+        draws = {name: value.to(x0.device) for name, value in draws.items()}
         if self.config.kind == "denoiser":
-            noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-            return F.mse_loss(net(x0 + self.config.sigma * noise).float(), x0)
+            return F.mse_loss(net(x0 + self.config.sigma * draws["noise"]).float(), x0)
         c = None
         if self.config.kind == "class":
-            keep = torch.rand(labels.shape[0], generator=gen) >= self.config.p_uncond
-            c = F.one_hot(labels, 10).float() * keep.to(x0.device, torch.float32)[:, None]
-        return self.diffusion.training_loss(net, x0, gen, c)
+            c = F.one_hot(labels, 10).float() * draws["keep"].float()[:, None]
+        return self.diffusion.training_loss(net, x0, draws["t"], draws["noise"], c)
 
     def run(self) -> Path:
         """Train to the configured end; returns the checkpoint path."""
-        state = self._prepare_run_dir()
+        state = self.state = self._prepare_run_dir()
         images = self._load_data()
+        self.check_batches_split(self.world.size)
+        self.parallel_net = self._parallel(state.net)
         total_steps = self.config.epochs * math.ceil(images.shape[0] / self.config.batch_size)
         if self.config.max_steps is not None:
             total_steps = min(total_steps, self.config.max_steps)
-        with tqdm(total=total_steps, initial=state.step, unit="step", dynamic_ncols=True) as bar:
+        with tqdm(
+            total=total_steps, initial=state.step, unit="step", dynamic_ncols=True,
+            disable=not self.world.is_main,
+        ) as bar:  # fmt: skip
             while state.epoch < self.config.epochs and state.step < total_steps:
                 self._run_epoch(state, images, bar, total_steps)
+        self.world.barrier()  # rank 0 has written the last checkpoint
         return self.run_dir / CHECKPOINT_NAME
+
+    def check_batches_split(self, world_size: int) -> None:
+        """Every batch, the last one of an epoch included, must give each rank an image."""
+        num_images = len(load_split("train", self.data_dir)[1][: self.config.subset])
+        smallest = min(self.config.batch_size, num_images % self.config.batch_size or num_images)
+        if smallest < world_size:
+            raise ConfigError(
+                f"a batch of {smallest} images cannot be shared by {world_size} processes; "
+                "use fewer processes or a larger --batch-size/--subset"
+            )
+
+    def _parallel(self, net: nn.Module) -> nn.Module:
+        """`net` wrapped in DistributedDataParallel when there are several ranks."""
+        if self.world.size == 1:
+            return net
+        device_ids = [torch.cuda.current_device()] if self.device.type == "cuda" else None
+        # buffers are kept identical by the global BatchNorm or by average_buffers
+        return nn.parallel.DistributedDataParallel(
+            net, device_ids=device_ids, broadcast_buffers=False
+        )
 
     def _run_epoch(self, state: TrainState, images: torch.Tensor, bar: tqdm, total: int) -> None:
         state.net.train()
@@ -230,31 +302,48 @@ class Trainer:
         self._finish_epoch(state, log_lines, epoch_complete=True)
 
     def _step(self, state: TrainState, images: torch.Tensor, index: torch.Tensor) -> float:
-        """One optimizer step on the batch `images[index]`; returns the loss."""
-        x0 = to_unit(images[index]).contiguous(memory_format=torch.channels_last)
+        """One optimizer step on the batch `images[index]`; returns its mean loss.
+
+        With several ranks this rank computes the loss of its share; weighting it by the
+        share's size makes DDP's gradient average the gradient of the whole batch's mean.
+        """
+        share = self.world.shard(index.shape[0])
+        draws = {
+            name: value[share]
+            for name, value in self._draw(index.shape[0], state.generator).items()
+        }
+        mine = index[share]
+        x0 = to_unit(images[mine]).contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
-            loss = self._loss(state.net, x0, self.labels[index], state.generator)
+            loss = self._loss(self.parallel_net, x0, self.labels[mine], draws)
         state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        value = loss.item()
+        weight = mine.shape[0] * self.world.size / index.shape[0]
+        (loss * weight if weight != 1 else loss).backward()
+        value = self.world.sum(loss.item() * mine.shape[0]) / index.shape[0]
         if not math.isfinite(value):
             raise TrainingError(
                 f"loss became {value} at step {state.step + 1}; training stopped and "
                 f"{self.run_dir / CHECKPOINT_NAME} keeps the last good epoch (try a lower --lr)"
             )
         state.optimizer.step()
+        if self.world.size > 1 and self.config.batchnorm == "local":
+            with torch.no_grad():
+                average_buffers(state.net)
         if state.ema is not None:
             _update_ema(state.ema, state.net, self.config.ema_decay)
         state.step += 1
         return value
 
     def _finish_epoch(self, state: TrainState, log_lines: list[str], epoch_complete: bool) -> None:
+        if epoch_complete:
+            state.epoch += 1
+            state.scheduler.step()
+        if not self.world.is_main:
+            return
         log_path = self.run_dir / "loss.jsonl"
         with self._disk_errors_stop_training(), log_path.open("a") as log:
             log.write("".join(f"{line}\n" for line in log_lines))
         if epoch_complete:
-            state.epoch += 1
-            state.scheduler.step()
             if self._due(self.config.preview_every, state.epoch):
                 self._save_preview(state)
             if self._due(self.config.eval_every, state.epoch) and self.config.kind != "denoiser":

@@ -1,0 +1,210 @@
+"""Data-parallel training and evaluation on PyTorch's own engine, torch.distributed.
+
+A distributed run is N copies of the same `diffumnist` command, started by `torchrun`
+(or by `--nproc N`, which calls torchrun's launcher for one machine). Each copy learns its
+place from the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK) and joins the group
+over gloo on CPUs or NCCL on GPUs.
+
+The design goal is that N processes compute *the same run* as one process with the same
+global batch, not merely a similar one:
+
+- every rank holds the same seeded generator and draws the randomness (shuffling, t, ε,
+  class dropout) of the whole global batch, then keeps its own contiguous share, so the
+  generator state, and therefore the checkpoint, is the same for any N and a run can be
+  resumed with a different N;
+- gradients are averaged by DistributedDataParallel, with each rank's loss weighted by
+  its share, so uneven shares still give the mean over the global batch;
+- BatchNorm statistics are taken over the global batch by default (`GlobalBatchNorm2d`),
+  as on one process. `--batchnorm local` normalises each share with its own mean and
+  variance instead, as plain DDP does: fewer messages, but a different run (noisier
+  statistics from smaller batches). Its running statistics are averaged over the ranks
+  after every step, so the replicas, and their EMA copies, stay identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+
+from diffumnist.config import ConfigError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks of a run (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes logs, checkpoints, previews and printed results."""
+        return self.rank == 0
+
+    def shard(self, n: int) -> slice:
+        """This rank's contiguous share of n items; shares differ in size by at most one."""
+        base, extra = divmod(n, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+    def all_gather(self, value: object) -> list[object]:
+        """Every rank's `value`, in rank order, on every rank (picklable objects)."""
+        if self.size == 1:
+            return [value]
+        gathered: list[object] = [None] * self.size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def sum(self, value: float) -> float:
+        """The sum of one number over all ranks, on every rank."""
+        if self.size == 1:
+            return value
+        total = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(total)
+        return total.item()
+
+
+SINGLE_PROCESS = World()
+
+
+def current_world() -> World:
+    """The World of the process group this process belongs to, if any."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return SINGLE_PROCESS
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or `--nproc`) started this process as one of several ranks."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@contextlib.contextmanager
+def process_group(device_name: str) -> Iterator[World]:
+    """Join the run's process group for the duration of a command (no-op for one process).
+
+    On GPUs each rank takes the GPU of its LOCAL_RANK; the backend follows the device:
+    NCCL for CUDA, gloo for CPUs.
+    """
+    if not launched_by_torchrun():
+        yield SINGLE_PROCESS
+        return
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    try:
+        yield current_world()
+    finally:
+        dist.destroy_process_group()
+
+
+class WorkerFailed(RuntimeError):
+    """A rank of a `--nproc` launch exited with an error (its own message is above)."""
+
+    def __init__(self, rank: int, exit_code: int) -> None:
+        super().__init__(f"rank {rank} exited with code {exit_code}")
+        self.rank, self.exit_code = rank, exit_code
+
+
+def launch(nproc: int, argv: Sequence[str]) -> None:
+    """Run `python -m diffumnist ARGV` as `nproc` ranks on this machine through torchrun.
+
+    Each rank gets an equal share of the CPU cores as its thread count unless
+    OMP_NUM_THREADS is set (too many threads per rank makes CPU training crawl).
+    torchrun's own log lines are silenced: a failing rank prints its one-line error itself,
+    and the failure is raised here as WorkerFailed with the first failing rank's exit code.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be a positive integer; got {nproc}")
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    launch_args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "diffumnist"])
+    # given after parsing: torchrun's parser would take e.g. --nproc for its own options
+    launch_args.training_script_args = list(argv)
+    try:
+        run(launch_args)
+    except ChildFailedError as exc:
+        rank, failure = min(exc.failures.items())
+        raise WorkerFailed(rank, failure.exitcode) from None
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are taken over the batch of every rank.
+
+    torch.nn.SyncBatchNorm does this on GPUs only and refuses CPU tensors, so data-parallel
+    CPU runs (and the CI test that checks them) need their own: each rank sums x and x² per
+    channel, one differentiable all-reduce adds the sums and counts of all ranks, and the
+    normalisation uses the global mean and biased variance, exactly as BatchNorm2d does on
+    the whole batch. The backward pass of the all-reduce sums the gradients of all ranks,
+    so every rank's inputs receive the gradient they have on one process. One
+    implementation on every device keeps the path CI tests the one GPUs run. With one
+    process, or in eval mode, it is plain BatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        values = x.float()
+        count = torch.full((1,), values.numel() / values.shape[1], device=x.device)
+        sums = torch.cat([values.sum((0, 2, 3)), values.square().sum((0, 2, 3)), count])
+        sums = dist_fn.all_reduce(sums)
+        channels = values.shape[1]
+        total = sums[-1]
+        mean = sums[:channels] / total
+        variance = (sums[channels : 2 * channels] / total - mean.square()).clamp_min(0)
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            factor = self.momentum
+            if factor is None:  # cumulative average, as BatchNorm2d
+                factor = 1.0 / self.num_batches_tracked.item()
+            self.running_mean.lerp_(mean.detach(), factor)
+            unbiased = variance.detach() * total / (total - 1).clamp_min(1)
+            self.running_var.lerp_(unbiased, factor)
+        scale = self.weight * torch.rsqrt(variance + self.eps)
+        shift = self.bias - mean * scale
+        return (values * scale[:, None, None] + shift[:, None, None]).to(x.dtype)
+
+
+def average_buffers(net: nn.Module) -> None:
+    """Replace every floating-point buffer (BatchNorm running statistics) by its mean over
+    the ranks: with local BatchNorm each rank's statistics saw only its own share."""
+    buffers = [b for b in net.buffers() if b.is_floating_point()]
+    if dist.is_initialized() and dist.get_world_size() > 1 and buffers:
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        for buffer, mean in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
+            buffer.copy_(mean.view_as(buffer))
+
+
+def use_global_batchnorm(net: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d of `net` by a GlobalBatchNorm2d holding the same state.
+
+    The state-dict keys are unchanged, so checkpoints load into plain networks.
+    """
+    for name, child in net.named_children():
+        if type(child) is nn.BatchNorm2d:
+            replacement = GlobalBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine
+            ).to(child.weight.device)
+            replacement.load_state_dict(child.state_dict())
+            setattr(net, name, replacement)
+        else:
+            use_global_batchnorm(child)
+    return net
