@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
 from torch import nn
 
 from diffumnist.config import ConfigError
@@ -144,41 +144,81 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
         raise WorkerFailed(rank, failure.exitcode) from None
 
 
+def _per_channel(values: torch.Tensor) -> torch.Tensor:
+    """A (C,) tensor shaped to broadcast over (N, C, H, W)."""
+    return values[:, None, None]
+
+
+class _GlobalBatchNormFunction(torch.autograd.Function):
+    """Batch normalisation with statistics over every rank's batch, backward in closed form.
+
+    Forward: each rank's (count, mean, variance) per channel, from the kernel BatchNorm2d
+    itself uses, are gathered and combined with the parallel-variance formula (exact, unlike
+    E[x²] − mean²). Backward: with x̂ the normalised input and g the output gradient,
+    dx = w/σ · (g − mean(g) − x̂·mean(g·x̂)), the two means taken over the global batch (one
+    all-reduce); dw = Σ g·x̂ and db = Σ g stay per rank, since DistributedDataParallel adds
+    them up like any parameter gradient. One function rather than differentiable
+    primitives: it keeps only x for the backward pass and makes a few passes over it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        values = x.float()
+        channels = values.shape[1]
+        mean, variance = torch.batch_norm_update_stats(values, None, None, 0.0)
+        count = torch.full((1,), values.numel() / channels, device=x.device)
+        local = torch.cat([count, mean, variance])
+        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, local)
+        counts, means, variances = torch.stack(gathered).split([1, channels, channels], dim=1)
+        total = counts.sum()
+        mean = (counts * means).sum(0) / total
+        variance = (counts * (variances + (means - mean).square())).sum(0) / total
+        ctx.save_for_backward(x, weight, mean, torch.rsqrt(variance + eps), total)
+        ctx.mark_non_differentiable(mean, variance, total)
+        y = F.batch_norm(values, mean, variance, weight, bias, training=False, eps=eps)
+        return y.to(x.dtype), mean, variance, total
+
+    @staticmethod
+    def backward(ctx, grad_y, *_unused):
+        x, weight, mean, invstd, total = ctx.saved_tensors
+        g, values = grad_y.float(), x.float()
+        grad_bias = g.sum((0, 2, 3))
+        grad_weight = ((g * values).sum((0, 2, 3)) - mean * grad_bias) * invstd  # Σ g·x̂
+        both = torch.cat([grad_bias, grad_weight])
+        dist.all_reduce(both)
+        mean_g, mean_g_normalised = (both / total).chunk(2)
+        # dx = k·g + a·x + b per channel, the closed form above expanded
+        k = weight * invstd
+        a = -k * invstd * mean_g_normalised
+        b = -k * mean_g - a * mean
+        grad_x = (values * _per_channel(a)).add_(_per_channel(b)).addcmul_(g, _per_channel(k))
+        return grad_x.to(x.dtype), grad_weight, grad_bias, None
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are taken over the batch of every rank.
 
-    torch.nn.SyncBatchNorm does this on GPUs only and refuses CPU tensors, so data-parallel
-    CPU runs (and the CI test that checks them) need their own: each rank sums x and x² per
-    channel, one differentiable all-reduce adds the sums and counts of all ranks, and the
-    normalisation uses the global mean and biased variance, exactly as BatchNorm2d does on
-    the whole batch. The backward pass of the all-reduce sums the gradients of all ranks,
-    so every rank's inputs receive the gradient they have on one process. One
-    implementation on every device keeps the path CI tests the one GPUs run. With one
-    process, or in eval mode, it is plain BatchNorm2d.
+    torch.nn.SyncBatchNorm does this on GPUs only and refuses CPU tensors (its kernels have
+    no CPU version), so data-parallel CPU runs, and the CI test that checks them, need their
+    own. One implementation on every device keeps the path CI tests the one GPUs run. With
+    one process, or in eval mode, it is plain BatchNorm2d.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        values = x.float()
-        count = torch.full((1,), values.numel() / values.shape[1], device=x.device)
-        sums = torch.cat([values.sum((0, 2, 3)), values.square().sum((0, 2, 3)), count])
-        sums = dist_fn.all_reduce(sums)
-        channels = values.shape[1]
-        total = sums[-1]
-        mean = sums[:channels] / total
-        variance = (sums[channels : 2 * channels] / total - mean.square()).clamp_min(0)
+        y, mean, variance, total = _GlobalBatchNormFunction.apply(
+            x, self.weight, self.bias, self.eps
+        )
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             factor = self.momentum
             if factor is None:  # cumulative average, as BatchNorm2d
                 factor = 1.0 / self.num_batches_tracked.item()
-            self.running_mean.lerp_(mean.detach(), factor)
-            unbiased = variance.detach() * total / (total - 1).clamp_min(1)
-            self.running_var.lerp_(unbiased, factor)
-        scale = self.weight * torch.rsqrt(variance + self.eps)
-        shift = self.bias - mean * scale
-        return (values * scale[:, None, None] + shift[:, None, None]).to(x.dtype)
+            self.running_mean.lerp_(mean, factor)
+            self.running_var.lerp_(variance * total / (total - 1).clamp_min(1), factor)
+        return y
 
 
 def average_buffers(net: nn.Module) -> None:

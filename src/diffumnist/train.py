@@ -279,7 +279,7 @@ class Trainer:
         device_ids = [torch.cuda.current_device()] if self.device.type == "cuda" else None
         # buffers are kept identical by the global BatchNorm or by average_buffers
         return nn.parallel.DistributedDataParallel(
-            net, device_ids=device_ids, broadcast_buffers=False
+            net, device_ids=device_ids, forward_sync_buffers=False
         )
 
     def _run_epoch(self, state: TrainState, images: torch.Tensor, bar: tqdm, total: int) -> None:
