@@ -166,6 +166,31 @@ def test_disk_full_during_checkpoint_keeps_previous_and_says_so(
     assert load_checkpoint(run_dir / CHECKPOINT_NAME).meta["step"] == 8
 
 
+def test_disk_full_while_writing_a_preview_stops_cleanly_and_resumes(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    """Previews are written atomically too: the failed one leaves no partial file."""
+    run_dir = tmp_path / "run"
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if "epoch_002" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    argv = ["train", "class", "--out", str(run_dir), "--epochs", "2", *TINY, "--preview-every", "1"]
+    assert main([*argv, "--data-dir", str(data_dir)]) == 1
+    message = capsys.readouterr().err.splitlines()[-1]
+    assert "No space left on device" in message and "previous checkpoint" in message, message
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME).meta["epoch"] == 1
+    assert sorted(p.name for p in (run_dir / "previews").iterdir()) == ["epoch_001.npz"]
+
+    monkeypatch.undo()
+    assert main(["train", "class", "--out", str(run_dir), "--resume"]) == 0
+    assert (run_dir / "previews" / "epoch_002.npz").exists()
+
+
 def test_resume_drops_a_half_written_log_line_and_orphan_temp_files(tmp_path, data_dir):
     """What a kill mid-append and a kill mid-checkpoint leave behind, made by hand."""
     config = TrainConfig(kind="class", hidden_dim=4, num_timesteps=5, subset=128, batch_size=64,

@@ -118,6 +118,12 @@ def test_oversized_cli_requests_are_refused_at_once(argv, class_ckpt, time_ckpt,
     assert err.count("\n") == 1 and err.startswith("diffumnist: error:"), err
 
 
+def test_guidance_that_overflows_is_an_error_not_nan_digits(tiny_class_model):
+    with pytest.raises(ConfigError, match="diverged to non-finite values"):
+        tiny_class_model.sample([1, 2], guidance_scale=1e308)
+    assert tiny_class_model.sample([1, 2], guidance_scale=1e6)[0].isfinite().all()
+
+
 def test_oversized_api_requests_are_refused(tiny_class_model, time_ckpt):
     time_model = load(time_ckpt)
     too_many = MAX_SAMPLES_PER_CALL + 1
@@ -191,7 +197,11 @@ NUMBERS = st.one_of(
 # fuzzer reaches the sampling loops as well as the checks at the door.
 HOSTILE_SAMPLE_ARGS = {
     "c": st.one_of(st.none(), st.lists(NUMBERS, max_size=5), NUMBERS),
-    "img_wh": st.tuples(st.sampled_from([0, -28, 27, 28.5, 28 * 10**4]), st.sampled_from([28, 56])),
+    "img_wh": st.one_of(
+        st.tuples(st.sampled_from([0, -28, 27, 28.5, 28.0, "28", 28 * 10**4]), st.just(28)),
+        st.sampled_from([None, 28, "28x28", (28,), (28, 28, 28), (True, 28)]),
+    ),
+    "precision": st.one_of(st.sampled_from(["fp8", "FP32", "", None, 16]), st.text(max_size=5)),
     "guidance_scale": NUMBERS,
     "seed": st.one_of(st.integers(-(2**70), 2**70), HUGE_INTS, st.floats()),
     "n": NUMBERS,
@@ -221,4 +231,5 @@ def test_fuzzed_sample_api_fails_cleanly(tiny_class_model, data):
         return
     event("sampled")
     width, height = kwargs.get("img_wh", (28, 28))
-    assert samples.shape[1:] == (1, int(height), int(width)) and frames.dtype == torch.uint8
+    assert samples.shape[1:] == (1, height, width) and frames.dtype == torch.uint8
+    assert bool(torch.isfinite(samples).all())  # e.g. guidance 1e308 is refused, not NaN

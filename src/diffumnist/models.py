@@ -24,7 +24,7 @@ from diffumnist.config import ConfigError, ModelConfig
 from diffumnist.data import to_uint8
 from diffumnist.diffusion import GaussianDiffusion
 from diffumnist.nets import build_net
-from diffumnist.runtime import autocast
+from diffumnist.runtime import autocast, resolve_precision
 from diffumnist.sampling import (
     StepCallback,
     StepInfo,
@@ -47,6 +47,20 @@ def _is_integer(value: object) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _image_size(img_wh: object) -> tuple[int, int]:
+    """(width, height) checked to be two whole multiples of 28 (the UNet's 7x7 bottleneck)."""
+    try:
+        width, height = img_wh  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise ConfigError(f"img_wh must be a (width, height) pair; got {img_wh!r}") from None
+    if not (_is_integer(width) and _is_integer(height)):
+        raise ConfigError(f"img_wh must be whole numbers; got {img_wh!r}")
+    width, height = operator.index(width), operator.index(height)
+    if width < 28 or height < 28 or width % 28 or height % 28:
+        raise ConfigError(f"img_wh must be multiples of 28 (the UNet's 7x7 bottleneck): {img_wh}")
+    return width, height
 
 
 def digits_to_onehot(c: torch.Tensor | Sequence[int] | int, num_classes: int = 10) -> torch.Tensor:
@@ -118,11 +132,7 @@ class DiffusionModel(nn.Module):
         and always the final x_0). Same seed, same samples, on the same machine.
         """
         onehot, count = self._condition(c, n)
-        width, height = (int(v) for v in img_wh)
-        if width < 28 or height < 28 or width % 28 or height % 28:
-            raise ConfigError(
-                f"img_wh must be multiples of 28 (the UNet's 7x7 bottleneck): {img_wh}"
-            )
+        width, height = _image_size(img_wh)
         # the memory bound counts 28x28 tiles, so larger images mean fewer samples
         tiles = count * (width // 28) * (height // 28)
         if tiles > MAX_SAMPLES_PER_CALL:
@@ -134,8 +144,9 @@ class DiffusionModel(nn.Module):
             raise ConfigError(f"seed must be an integer in [-2**63, 2**64); got {seed!r}")
         if not isinstance(guidance_scale, int | float) or not math.isfinite(guidance_scale):
             raise ConfigError(f"guidance_scale must be a finite number; got {guidance_scale!r}")
-        if frame_every < 1:
-            raise ConfigError(f"frame_every must be >= 1; got {frame_every}")
+        if not _is_integer(frame_every) or frame_every < 1:
+            raise ConfigError(f"frame_every must be an integer >= 1; got {frame_every!r}")
+        precision = resolve_precision(precision, self.device)
         num_steps = check_sampler_args(sampler, steps, eta, self.diffusion.num_timesteps)
         frame_bytes = (num_steps // frame_every + 2) * tiles * 28 * 28
         if frame_bytes > MAX_FRAME_BYTES:
@@ -159,6 +170,11 @@ class DiffusionModel(nn.Module):
         with autocast(self.device, precision):
             x0 = get_sampler(sampler)(
                 eps_fn, x_T, self.diffusion, generator, record, steps=steps, eta=eta
+            )
+        if not bool(torch.isfinite(x0).all()):
+            raise ConfigError(
+                f"sampling diverged to non-finite values at guidance_scale={guidance_scale!r}; "
+                "use a smaller guidance scale (the recipe's is 5)"
             )
         return x0.float().clamp(0, 1).cpu(), torch.stack(frames)
 

@@ -13,6 +13,7 @@ global batch and its randomness, trains on its share, and only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import time
@@ -343,13 +344,13 @@ class Trainer:
         log_path = self.run_dir / "loss.jsonl"
         with self._disk_errors_stop_training(), log_path.open("a") as log:
             log.write("".join(f"{line}\n" for line in log_lines))
-        if epoch_complete:
-            if self._due(self.config.preview_every, state.epoch):
-                self._save_preview(state)
-            if self._due(self.config.eval_every, state.epoch) and self.config.kind != "denoiser":
-                self._evaluate(state)
         done = not epoch_complete or state.epoch >= self.config.epochs
         with self._disk_errors_stop_training():
+            if epoch_complete and self._due(self.config.preview_every, state.epoch):
+                self._save_preview(state)
+            evaluates = self.config.kind != "denoiser" and epoch_complete
+            if evaluates and self._due(self.config.eval_every, state.epoch):
+                self._evaluate(state)
             _save(self.run_dir, self.config, state, done=done)
 
     @contextlib.contextmanager
@@ -413,10 +414,7 @@ class Trainer:
             )
             # the process of the first sample of each digit, every 10th step
             arrays = {"samples": samples, "labels": digits, "frames": frames[:, ::4]}
-        preview_dir = self.run_dir / "previews"
-        preview_dir.mkdir(exist_ok=True)
-        np.savez_compressed(
-            preview_dir / f"epoch_{state.epoch:03d}.npz",
-            **{k: v.detach().cpu().numpy() for k, v in arrays.items()},
-        )
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
+        write_atomic(self.run_dir / "previews" / f"epoch_{state.epoch:03d}.npz", buffer.getvalue())
         state.net.train()
