@@ -153,7 +153,8 @@ SAMPLE_FLAGS = ["--digits", "--per-digit", "--n", "--guidance-scale", "--seed", 
 TRAIN_FLAGS = ["--hidden-dim", "--epochs", "--batch-size", "--lr", "--lr-gamma", "--sigma",
                "--p-uncond", "--num-timesteps", "--beta-start", "--beta-end", "--ema-decay",
                "--seed", "--subset", "--max-steps", "--precision", "--device",
-               "--preview-every", "--eval-every", "--eval-n", "--resume"]  # fmt: skip
+               "--preview-every", "--eval-every", "--eval-n", "--resume", "--nproc",
+               "--batchnorm"]  # fmt: skip
 
 
 def _argv(flags: list[str]) -> st.SearchStrategy[list[str]]:
@@ -180,8 +181,10 @@ def test_fuzzed_sample_flags_fail_cleanly(argv, class_ckpt, tmp_path, monkeypatc
 @FUZZ
 @given(kind=st.sampled_from(["class", "time", "denoiser", "gan", ""]), argv=_argv(TRAIN_FLAGS))
 def test_fuzzed_train_flags_fail_cleanly(kind, argv, tmp_path, monkeypatch, capsys):
-    """Parsing and validation for real; the training loop itself is stubbed out."""
+    """Parsing and validation for real (the --nproc checks too); the training loop and the
+    launch of ranks are stubbed out."""
     monkeypatch.setattr(cli.Trainer, "run", lambda trainer: trainer.run_dir / "stub")
+    monkeypatch.setattr(cli, "launch", lambda nproc, argv: None)
     code = cli.main(["train", kind, "--out", str(tmp_path / "run"), *argv])
     _assert_clean(code, capsys.readouterr().err)
 

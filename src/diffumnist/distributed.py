@@ -71,7 +71,9 @@ class World:
         """The sum of one number over all ranks, on every rank."""
         if self.size == 1:
             return value
-        total = torch.tensor([value], dtype=torch.float64)
+        # NCCL reduces GPU tensors only; gloo takes CPU tensors
+        device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
+        total = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(total)
         return total.item()
 
