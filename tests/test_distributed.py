@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +212,35 @@ def test_nproc_must_agree_with_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")
     assert main(["eval", "class", "--nproc", "3"]) == 2
     assert "rank 1: error: --nproc 3 disagrees with torchrun's 2 ranks" in capsys.readouterr().err
+
+
+def test_a_killed_rank_stops_the_run_with_one_line_and_leaves_no_orphans(tmp_path):
+    """SIGKILL one rank mid-training: torchrun stops the other, the launcher names the rank
+    that died (not the ones it stopped), exits 1, and every rank process is gone."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "diffumnist", "train", "class", "--out", str(run_dir),
+         "--hidden-dim", "8", "--preview-every", "0", "--nproc", "2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "loss.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)  # rank 0 has prepared the run folder: both ranks are training
+        ranks = subprocess.run(
+            ["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert len(ranks) == 2, ranks
+        rank1 = next(
+            p for p in ranks if b"\0RANK=1\0" in b"\0" + Path(f"/proc/{p}/environ").read_bytes()
+        )
+        time.sleep(1)
+        os.kill(int(rank1), signal.SIGKILL)
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 1
+    assert err.strip().splitlines()[-1] == "diffumnist: rank 1 was killed by signal 9"
+    for pid in ranks:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()

@@ -467,10 +467,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix} training failed: {_one_line(exc)}", file=sys.stderr)
         return 1
     except WorkerFailed as exc:
-        print(f"{prefix} {exc}; its message is above", file=sys.stderr)
+        print(f"{prefix} {exc}", file=sys.stderr)
         return max(exc.exit_code, 1)  # negative: the rank was killed by a signal
-    except KeyboardInterrupt:
-        print("diffumnist: interrupted; a training run resumes with --resume", file=sys.stderr)
+    except KeyboardInterrupt:  # said once, by the launcher when there are ranks
+        if not launched_by_torchrun():
+            print("diffumnist: interrupted; a training run resumes with --resume", file=sys.stderr)
         return 130
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -117,7 +118,11 @@ class WorkerFailed(RuntimeError):
     """A rank of a `--nproc` launch exited with an error (its own message is above)."""
 
     def __init__(self, rank: int, exit_code: int) -> None:
-        super().__init__(f"rank {rank} exited with code {exit_code}")
+        if exit_code < 0:
+            what = f"rank {rank} was killed by signal {-exit_code}"
+        else:
+            what = f"rank {rank} exited with code {exit_code}; its message is above"
+        super().__init__(what)
         self.rank, self.exit_code = rank, exit_code
 
 
@@ -129,6 +134,7 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
     torchrun's own log lines are silenced: a failing rank prints its one-line error itself,
     and the failure is raised here as WorkerFailed with the first failing rank's exit code.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -142,8 +148,14 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
     try:
         run(launch_args)
     except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())
+        # the cause, not the ranks torchrun stopped (SIGTERM) because of it
+        rank, failure = min(
+            exc.failures.items(),
+            key=lambda item: (item[1].exitcode == -signal.SIGTERM, item[1].timestamp, item[0]),
+        )
         raise WorkerFailed(rank, failure.exitcode) from None
+    except SignalException:  # Ctrl-C: torchrun has stopped the ranks
+        raise KeyboardInterrupt from None
 
 
 def _per_channel(values: torch.Tensor) -> torch.Tensor:
