@@ -29,8 +29,8 @@ from safetensors.torch import load_file
 
 from diffumnist.checkpoint import load_checkpoint
 from diffumnist.cli import main
-from diffumnist.config import TrainConfig
-from diffumnist.distributed import World
+from diffumnist.config import ConfigError, TrainConfig
+from diffumnist.distributed import World, check_gpus_for
 from diffumnist.nets import build_net
 from diffumnist.train import CHECKPOINT_NAME, Trainer
 
@@ -205,6 +205,13 @@ def test_distributed_mistakes_are_one_line_before_any_process_starts(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_each_rank_on_a_gpu_needs_its_own(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_gpus_for(1)
+    with pytest.raises(ConfigError, match="2 processes on cuda need 2 GPUs; this machine has 1"):
+        check_gpus_for(2)
 
 
 def test_nproc_must_agree_with_torchrun(monkeypatch, capsys):

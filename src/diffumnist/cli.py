@@ -27,7 +27,14 @@ from diffumnist.config import (
     Precision,
     TrainConfig,
 )
-from diffumnist.distributed import WorkerFailed, launch, launched_by_torchrun, process_group
+from diffumnist.distributed import (
+    WorkerFailed,
+    check_gpus_for,
+    launch,
+    launched_by_torchrun,
+    process_group,
+)
+from diffumnist.runtime import resolve_device
 from diffumnist.train import CHECKPOINT_NAME, Trainer, TrainingError, read_run_config
 
 _FLAG_TYPES = {"int": int, "float": float}
@@ -226,7 +233,6 @@ def resolve_checkpoint(value: str | None, default: str = "class") -> Path:
 
 def _load_on_device(value: str | None, device_name: str):
     from diffumnist.models import load
-    from diffumnist.runtime import resolve_device
 
     model = load(resolve_checkpoint(value))
     return model.to(resolve_device(device_name))
@@ -244,7 +250,9 @@ def _sampling_kwargs(args: argparse.Namespace, model) -> dict:
     }
 
 
-def _launches_ranks(args: argparse.Namespace, preflight: Callable[[], object]) -> bool:
+def _launches_ranks(
+    args: argparse.Namespace, device_name: str, preflight: Callable[[], object]
+) -> bool:
     """`--nproc N` outside torchrun: check the command once here (so a mistake is reported
     once, before any process starts), run it as N ranks through torchrun's launcher and
     wait; True when it did. Under torchrun, --nproc may only repeat torchrun's count."""
@@ -255,6 +263,8 @@ def _launches_ranks(args: argparse.Namespace, preflight: Callable[[], object]) -
         return False
     if args.nproc == 1:
         return False
+    if resolve_device(device_name).type == "cuda":
+        check_gpus_for(args.nproc)
     preflight()
     launch(args.nproc, args.argv)
     return True
@@ -284,7 +294,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     def preflight() -> None:
         Trainer(config, run_dir, args.data_dir).check_batches_split(args.nproc)
 
-    if _launches_ranks(args, preflight):
+    if _launches_ranks(args, config.device, preflight):
         return 0
     with process_group(config.device) as world:
         path = Trainer(config, run_dir, args.data_dir).run()
@@ -359,7 +369,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results = evaluate.score_samples(*evaluate.load_npz(args.samples), args.data_dir, args.seed)
         print(evaluate.format_scores(results))
     else:
-        if _launches_ranks(args, preflight=lambda: _eval_model(args)):
+        if _launches_ranks(args, args.device, preflight=lambda: _eval_model(args)):
             return 0
         with process_group(args.device) as world:
             model = _eval_model(args)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffumnist.config import ConfigError
+from diffumnist.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,15 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def check_gpus_for(nproc: int) -> None:
+    """Each rank on a GPU needs a GPU of its own."""
+    if nproc > torch.cuda.device_count():
+        raise ConfigError(
+            f"{nproc} processes on cuda need {nproc} GPUs; this machine has "
+            f"{torch.cuda.device_count()} (use fewer processes or --device cpu)"
+        )
+
+
 @contextlib.contextmanager
 def process_group(device_name: str) -> Iterator[World]:
     """Join the run's process group for the duration of a command (no-op for one process).
@@ -104,9 +114,11 @@ def process_group(device_name: str) -> Iterator[World]:
     if not launched_by_torchrun():
         yield SINGLE_PROCESS
         return
-    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = resolve_device(device_name).type == "cuda"
     if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        check_gpus_for(local_rank + 1)
+        torch.cuda.set_device(local_rank)
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     try:
         yield current_world()
