@@ -201,7 +201,7 @@ NUMBERS = st.one_of(
 HOSTILE_SAMPLE_ARGS = {
     "c": st.one_of(st.none(), st.lists(NUMBERS, max_size=5), NUMBERS),
     "img_wh": st.one_of(
-        st.tuples(st.sampled_from([0, -28, 27, 28.5, 28.0, "28", 28 * 10**4]), st.just(28)),
+        st.tuples(st.sampled_from([0, -28, 27, 28.5, 28.0, "28", 28 * 10**5]), st.just(28)),
         st.sampled_from([None, 28, "28x28", (28,), (28, 28, 28), (True, 28)]),
     ),
     "precision": st.one_of(st.sampled_from(["fp8", "FP32", "", None, 16]), st.text(max_size=5)),
