@@ -319,7 +319,7 @@ class Trainer:
             loss = self._loss(self.parallel_net, x0, self.labels[mine], draws)
         state.optimizer.zero_grad(set_to_none=True)
         weight = mine.shape[0] * self.world.size / index.shape[0]
-        (loss * weight if weight != 1 else loss).backward()
+        (loss * weight).backward()  # weight 1 on one process: exact, gradients unchanged
         value = self.world.sum(loss.item() * mine.shape[0]) / index.shape[0]
         if not math.isfinite(value):
             raise TrainingError(
