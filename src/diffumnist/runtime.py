@@ -1,14 +1,25 @@
-"""Device and precision choices, made once and the same way for training and sampling.
+"""Device, precision and allocator choices, made once and the same way for training and sampling.
 
-`auto` precision means bf16 autocast where the hardware runs it natively (CPUs with
-AMX-BF16, CUDA GPUs with bf16 support) and fp32 elsewhere; on an AMX CPU this trains the
-recipe's convnets about 3x faster than fp32. Parameters and optimizer state stay fp32.
+`auto` precision means bf16 autocast where the hardware has bf16 arithmetic units: x86 CPUs
+with AMX-BF16 or AVX512-BF16 (Intel Sapphire Rapids and later, Cooper Lake, AMD Zen 4 and
+later) and CUDA GPUs that support bf16; fp32 elsewhere. CPUs without those instructions
+would emulate bf16 by converting to fp32 and run slower, so they keep fp32. Measured with
+benchmarks/roofline.py, a 2-core AMD EPYC (Zen 4, AVX512-BF16, no AMX) multiplies 2048²
+matrices 2.7x faster in bf16 than in fp32, and runs the UNet's 3x3 convolutions 1.6-1.9x
+faster. Parameters and optimizer state stay fp32.
+
+`tune_malloc()` (run on `import diffumnist`) stops glibc from handing the sampler's large
+activation buffers back to the operating system after every step only to fault them in
+again (benchmarks/allocator.py measures it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import os
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,14 +27,41 @@ import torch
 
 from diffumnist.config import ConfigError
 
+# x86 features that give a CPU native bf16 dot products, as /proc/cpuinfo names them.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+# glibc <malloc.h>: mallopt parameters, and the values tune_malloc sets.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 32 * 2**20  # the largest value glibc accepts on 64-bit machines
+TRIM_THRESHOLD_BYTES = 2**30
+# Setting any of these means the user tunes glibc's malloc already; tune_malloc leaves it.
+MALLOC_ENV_VARS = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_amx_bf16() -> bool:
-    """True when /proc/cpuinfo lists the amx_bf16 flag (Linux; elsewhere False)."""
+def cpu_bf16_feature() -> str | None:
+    """The first of BF16_CPU_FLAGS this CPU has (and the OS enables), or None.
+
+    Asks PyTorch's cpuinfo probe where it exists (any OS), else reads /proc/cpuinfo.
+    """
+    probes = {
+        "amx_bf16": getattr(torch.cpu, "_is_amx_tile_supported", None),
+        "avx512_bf16": getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+    }
+    if all(probe is not None for probe in probes.values()):
+        with contextlib.suppress(RuntimeError):
+            return next((flag for flag, probe in probes.items() if probe()), None)
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
+        return None
+    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
+
+
+def cpu_runs_bf16_natively() -> bool:
+    """True when the CPU executes bf16 matrix arithmetic in hardware (AMX or AVX512-BF16)."""
+    return cpu_bf16_feature() is not None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,14 +76,32 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """auto -> bf16 where native (AMX CPU or bf16 GPU), else fp32."""
+    """auto -> bf16 where the hardware runs it natively (see the module docstring), else fp32."""
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if cpu_has_amx_bf16() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_runs_bf16_natively() else "fp32"
     if name not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be one of auto, fp32, bf16; got {name!r}")
     return name
+
+
+def describe_precision(device: torch.device, requested: str = "auto") -> str:
+    """One line saying which precision `requested` resolves to on `device`, and why."""
+    precision = resolve_precision(requested, device)
+    chosen = "bf16 autocast" if precision == "bf16" else "fp32"
+    if requested != "auto":
+        return f"precision: {chosen} (as requested)"
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+        support = "supports" if precision == "bf16" else "does not support"
+        return f"precision: {chosen} ({gpu} {support} bf16)"
+    if device.type == "cpu":
+        feature = cpu_bf16_feature()
+        if feature is not None:
+            return f"precision: {chosen} (CPU has {feature})"
+        return f"precision: {chosen} (CPU has no AMX-BF16 or AVX512-BF16; bf16 would be emulated)"
+    return f"precision: {chosen} (no native bf16 known for {device.type})"
 
 
 @contextlib.contextmanager
@@ -56,3 +112,33 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
             yield
     else:
         yield
+
+
+@functools.lru_cache(maxsize=1)
+def tune_malloc() -> bool:
+    """Make glibc keep freed activation buffers for reuse instead of returning them to the OS.
+
+    By default glibc serves each allocation above its (adaptive) mmap threshold with a fresh
+    mmap and unmaps it on free, and trims the heap top above 128 KiB, so every sampling
+    step's tens-of-MiB activations are page-faulted in anew. Raising the mmap threshold to
+    its maximum (32 MiB) and the trim threshold to 1 GiB keeps them in the heap. Returns
+    True when applied; a no-op (False) where the C library is not glibc, where the user
+    tunes malloc through its environment variables, or with DIFFUMNIST_TUNE_MALLOC=0.
+    """
+    if os.environ.get("DIFFUMNIST_TUNE_MALLOC", "1") == "0":
+        return False
+    if platform.system() != "Linux" or any(var in os.environ for var in MALLOC_ENV_VARS):
+        return False
+    try:
+        libc = ctypes.CDLL(None)  # the symbols already loaded into this process
+    except OSError:
+        return False
+    if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
+        return False  # not glibc (musl, for one, has neither)
+    mallopt = libc.mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
