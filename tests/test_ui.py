@@ -1,10 +1,13 @@
 """The web demo, driven in a real browser (Debian's chromium through Playwright).
 
 Claims: a digit 3 asked for in the page is judged a 3 by the project's classifier from the
-pixels the page shows; the timeline scrubs back to t = T; the time model gives as many images
-as asked; the denoiser tab brings a noisy test digit closer to the clean one and takes a
-drawing; a bad input shows its message in the page and the server keeps answering; a full
-queue refuses at once; the page fetches nothing from anywhere but its own server.
+pixels the page shows; the timeline's slider and its label always agree, and after an error
+the last good result stays on screen with its frames; ddpm's steps cannot be edited; blank
+fields get a clear message; "new seed each time" gives a new image; Stop cancels a running
+job; at phone width nothing is wider than the screen; downloads come at the chosen scale,
+named by their settings; the page logs no console error; the denoiser tab brings a noisy
+test digit closer to the clean one, takes a drawing, clears stale images and retries while
+the queue is full; a full queue refuses at once; the page fetches nothing from elsewhere.
 
 Screenshots go to pytest's tmp_path; each test prints where.
 """
@@ -12,6 +15,7 @@ Screenshots go to pytest's tmp_path; each test prints where.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import threading
@@ -24,10 +28,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from diffumnist.app import BusyError, Job, Worker, make_server, parse_denoise, parse_generate
+from diffumnist.app import (
+    BusyError,
+    DemoServer,
+    Worker,
+    make_server,
+    parse_denoise,
+    parse_generate,
+)
 from diffumnist.classifier import classify, load_classifier
 from diffumnist.config import ConfigError
+from diffumnist.sampling import spaced_timesteps
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -49,16 +62,32 @@ READ_PIXELS = """(img) => {
     return {width: canvas.width, height: canvas.height,
             grey: Array.from({length: rgba.length / 4}, (_, i) => rgba[4 * i])};
 }"""
+# Every visible element whose box leaves the viewport sideways, and the page's scroll width.
+OVERFLOW = """() => {
+    const width = document.documentElement.clientWidth;
+    const wide = [];
+    for (const el of document.querySelectorAll("body *")) {
+        const box = el.getBoundingClientRect();
+        if (box.width === 0 || box.height === 0) continue;
+        if (box.left < -0.5 || box.right > width + 0.5) {
+            wide.push(`${el.tagName.toLowerCase()}#${el.id} ${box.left}..${box.right}`);
+        }
+    }
+    return {width, scrollWidth: document.documentElement.scrollWidth, wide};
+}"""
+SET_SLIDER = "(s, v) => { s.value = v; s.dispatchEvent(new Event('input')); }"
+FAST_STEPS = 20  # the fast preset's steps, which these tests' timelines assume
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[str]:
-    """The demo on a free port of 127.0.0.1, served from a thread; yields its URL."""
+def running_server() -> Iterator[DemoServer]:
+    """The demo on a free port of 127.0.0.1, served from a thread; `server.url` is its URL."""
     server = make_server("127.0.0.1", 0)
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield server
     finally:
         server.shutdown()
         server.server_close()
@@ -66,9 +95,9 @@ def running_server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    with running_server() as url:
-        yield url
+def server() -> Iterator[DemoServer]:
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +116,31 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def page(browser, server_url):
-    """A fresh page on the demo; afterwards, checks it fetched nothing from elsewhere."""
-    context = browser.new_context(viewport={"width": 1100, "height": 1000})
+def open_page(browser, url: str, width: int = 1100):
+    """A fresh page on the demo, ready; `page.problems` collects console errors and
+    script exceptions, `page.urls` every URL it fetched."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
     page = context.new_page()
-    urls: list[str] = []
-    page.on("request", lambda request: urls.append(request.url))
-    page.goto(server_url)
+    page.problems, page.urls = [], []
+    page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
+    page.on("pageerror", lambda exc: page.problems.append(f"exception: {exc}"))
+    page.on("request", lambda request: page.urls.append(request.url))
+    page.goto(url)
     page.wait_for_selector("body[data-ready='1']")
+    return page
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page; afterwards, checks it fetched nothing from elsewhere and threw nothing."""
+    page = open_page(browser, server.url)
     yield page
-    context.close()
-    foreign = [u for u in urls if not u.startswith((server_url, "data:"))]
+    page.context.close()
+    foreign = [u for u in page.urls if not u.startswith((server.url, "data:"))]
     assert not foreign, f"the page fetched from outside its server: {foreign}"
+    # refused requests log "Failed to load resource" on purpose in some tests
+    exceptions = [p for p in page.problems if "Failed to load resource" not in p]
+    assert not exceptions, exceptions
 
 
 def displayed_pixels(page, selector: str) -> np.ndarray:
@@ -113,20 +154,36 @@ def screenshot(page, path: Path) -> None:
     print(f"screenshot: {path}")
 
 
+def use_seed(page, seed: int) -> None:
+    page.uncheck("#seed-random")
+    page.fill("#seed", str(seed))
+
+
+def pick_digits(page, *digits: int) -> None:
+    page.click("#digits-none")
+    for digit in digits:
+        page.click(f"#digit-{digit}")
+
+
 def generate(page, timeout_s: float = 60.0) -> float:
-    """Press Generate, wait for the final image; return the seconds the page measured."""
+    """Press Generate, wait for a new final image; return the seconds the page measured."""
+    version = int(page.get_attribute("#final", "data-version") or 0)
     page.click("#generate")
-    page.wait_for_selector("#final[data-ready='1']", timeout=timeout_s * 1000)
+    page.wait_for_selector(f"#final[data-version='{version + 1}']", timeout=timeout_s * 1000)
     return float(page.get_attribute("#final", "data-seconds"))
 
 
+def timeline(page) -> tuple[int, int, str]:
+    """(slider position, slider maximum, the t label)."""
+    position = int(page.eval_on_selector("#scrubber", "s => s.value"))
+    return position, int(page.get_attribute("#scrubber", "max")), page.inner_text("#scrub-t")
+
+
 def test_generated_three_is_judged_a_three(page, tmp_path):
-    page.click("#digits-none")
-    page.click("#digit-3")
-    page.select_option("#sampler", "dpmpp")
-    page.fill("#steps", "20")
+    pick_digits(page, 3)
+    use_seed(page, 0)
     seconds = generate(page)
-    print(f"Generate -> final image: {seconds:.2f} s (one 3, dpmpp, 20 steps)")
+    print(f"Generate -> final image: {seconds:.2f} s (one 3, the fast preset)")
     screenshot(page, tmp_path / "generate-three.png")
 
     image = displayed_pixels(page, "#final")
@@ -135,13 +192,9 @@ def test_generated_three_is_judged_a_three(page, tmp_path):
     predicted, _ = classify(judge, torch.from_numpy(image)[None])
     assert predicted.tolist() == [3]
 
-    page.eval_on_selector("#scrubber", "s => { s.value = 0; s.dispatchEvent(new Event('input')); }")
-    assert page.inner_text("#scrub-t") == "t = 300"
-    assert int(page.get_attribute("#scrubber", "max")) == 20  # 20 steps, then t = 0
+    page.eval_on_selector("#scrubber", SET_SLIDER, 0)
+    assert timeline(page) == (0, FAST_STEPS - 1, "t = 300")  # one position per step
     screenshot(page, tmp_path / "scrubbed-to-T.png")
-    for link, kind in (("#download-png", "image/png"), ("#download-gif", "image/gif")):
-        response = page.request.get(page.eval_on_selector(link, "a => a.href"))
-        assert response.ok and response.headers["content-type"] == kind
 
 
 def test_time_model_gives_the_requested_count(page, tmp_path):
@@ -152,13 +205,13 @@ def test_time_model_gives_the_requested_count(page, tmp_path):
     generate(page)
     screenshot(page, tmp_path / "time-model.png")
     assert displayed_pixels(page, "#final").shape == (32, 2 + 4 * 30)  # 4 images, 2 px apart
+    assert page.inner_text("#result-caption").startswith("4 images from the time model")
 
 
-def test_invalid_input_shows_an_error_and_the_server_keeps_answering(page, server_url, tmp_path):
-    page.fill("#seed", "-1")
+def test_invalid_input_shows_an_error_and_the_server_keeps_answering(page, server, tmp_path):
+    use_seed(page, -1)
     page.click("#generate")
-    page.wait_for_selector("#gen-error:not([hidden])")
-    assert "seed must be a whole number" in page.inner_text("#gen-error")
+    page.locator("#gen-error", has_text="seed must be an integer in 0..").wait_for()
     screenshot(page, tmp_path / "invalid-seed.png")
 
     page.fill("#seed", "0")
@@ -166,15 +219,151 @@ def test_invalid_input_shows_an_error_and_the_server_keeps_answering(page, serve
     page.click("#generate")
     page.locator("#gen-error", has_text="pick 1 to 10 digits").wait_for()  # CSP forbids eval
 
-    with urllib.request.urlopen(f"{server_url}/api/info", timeout=10) as reply:
+    with urllib.request.urlopen(f"{server.url}/api/info", timeout=10) as reply:
         assert json.load(reply)["num_timesteps"] == 300
     broken = urllib.request.Request(
-        f"{server_url}/api/generate", data=b"{", headers={"Content-Type": "application/json"}
+        f"{server.url}/api/generate", data=b"{", headers={"Content-Type": "application/json"}
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(broken, timeout=10)
     assert refused.value.code == 400
     assert "not valid JSON" in json.load(refused.value)["error"]
+
+
+def test_the_result_stays_after_an_error_and_the_timeline_agrees_with_its_label(page, tmp_path):
+    ts = spaced_timesteps(300, FAST_STEPS)
+    use_seed(page, 7)
+    generate(page)
+    kept = page.get_attribute("#final", "src"), page.inner_text("#result-caption")
+    assert "seed 7" in kept[1] and "dpmpp, 20 steps" in kept[1]
+    assert timeline(page) == (FAST_STEPS - 1, FAST_STEPS - 1, f"t = {ts[-1]}")
+
+    page.fill("#seed", "-1")
+    page.click("#generate")
+    page.wait_for_selector("#gen-error:not([hidden])")
+    page.wait_for_selector("#generate:not([disabled])")
+    screenshot(page, tmp_path / "result-kept.png")
+    assert (page.get_attribute("#final", "src"), page.inner_text("#result-caption")) == kept
+    assert page.is_visible("#final") and page.is_visible("#view-xt")
+    assert timeline(page) == (FAST_STEPS - 1, FAST_STEPS - 1, f"t = {ts[-1]}")
+    for position in (0, 7, FAST_STEPS - 1):
+        page.eval_on_selector("#scrubber", SET_SLIDER, position)
+        assert timeline(page) == (position, FAST_STEPS - 1, f"t = {ts[position]}")
+    assert page.inner_text("#scrub-step") == f"step {FAST_STEPS}"
+
+
+def test_blank_and_non_numeric_fields_get_a_clear_message(page):
+    use_seed(page, 0)
+    page.fill("#guidance", "")
+    page.click("#generate")
+    error = page.locator("#gen-error")
+    error.wait_for()
+    assert error.inner_text() == "Guidance γ is empty: enter a number of at least 0."
+    page.fill("#guidance", "5")
+    page.fill("#seed", "")
+    page.focus("#seed")
+    page.keyboard.type("1e")  # a number input takes it, but it is not a number
+    page.click("#generate")
+    page.locator("#gen-error", has_text="Seed is not a number").wait_for()
+    assert "whole number from 0 to 4294967295" in error.inner_text()
+    assert "None" not in error.inner_text() and "null" not in error.inner_text()
+    assert not page.is_visible("#result")  # nothing was sent
+
+
+def test_ddpm_steps_are_not_editable(page):
+    page.click("#preset-recipe")
+    assert page.input_value("#sampler") == "ddpm"
+    assert page.is_disabled("#steps") and page.input_value("#steps") == "300"
+    assert "always 300 for ddpm" in page.inner_text("#help-steps")
+    page.select_option("#sampler", "ddim")
+    assert page.is_enabled("#steps") and page.input_value("#steps") == "50"
+    assert page.is_enabled("#eta")
+    page.click("#preset-fast")
+    assert page.input_value("#sampler") == "dpmpp" and page.input_value("#steps") == "20"
+    assert page.is_disabled("#eta")
+    for name in ("sampler", "steps", "eta", "guidance_scale", "guidance_interval", "seed"):
+        assert "Range:" in page.inner_text(f"#help-{name}")
+
+
+def test_a_new_seed_each_time_gives_a_new_image(page):
+    assert page.is_checked("#seed-random")  # the default
+    pick_digits(page, 4)
+    results = []
+    for _ in range(2):
+        generate(page)
+        seed = int(page.input_value("#seed"))
+        caption = page.inner_text("#result-caption")
+        assert caption.endswith(f"seed {seed}")
+        results.append((seed, page.get_attribute("#final", "src")))
+    (seed_a, image_a), (seed_b, image_b) = results
+    assert seed_a != seed_b and image_a != image_b
+
+
+def test_stop_cancels_a_running_job(page, server, tmp_path):
+    use_seed(page, 1)
+    generate(page)  # a result to keep
+    kept = page.get_attribute("#final", "src")
+    page.click("#preset-recipe")  # 300 ddpm steps for ten digits: many seconds
+    page.click("#digits-all")
+    page.click("#generate")
+    page.locator("#gen-status", has_text=re.compile(r"^step \d+ of 300")).wait_for()
+    page.click("#stop")
+    page.locator("#gen-status", has_text="stopped").wait_for(timeout=10_000)
+    screenshot(page, tmp_path / "stopped.png")
+    assert page.is_enabled("#generate") and not page.is_visible("#stop")
+    assert page.get_attribute("#final", "src") == kept
+    ts = spaced_timesteps(300, FAST_STEPS)
+    assert timeline(page) == (FAST_STEPS - 1, FAST_STEPS - 1, f"t = {ts[-1]}")
+
+    job_id = next(u for u in reversed(page.urls) if u.endswith("/events")).split("/")[-2]
+    events = [name for name, _ in server.app.job(job_id).events]
+    assert events[-1] == "cancelled" and 0 < events.count("frame") < 300
+    page.click("#preset-fast")
+    generate(page)  # the worker is free again
+
+
+@pytest.mark.parametrize("width", [360, 390])
+def test_narrow_layout_has_no_overflow(browser, server, width, tmp_path):
+    page = open_page(browser, server.url, width)
+    page.click("#digits-all")
+    generate(page)
+    screenshot(page, tmp_path / f"generate-{width}.png")
+    layout = page.evaluate(OVERFLOW)
+    assert layout["wide"] == [] and layout["scrollWidth"] <= width, layout
+    page.click("#tab-denoise")
+    page.check("input[name='source'][value='canvas']")
+    screenshot(page, tmp_path / f"denoise-{width}.png")
+    layout = page.evaluate(OVERFLOW)
+    assert layout["wide"] == [] and layout["scrollWidth"] <= width, layout
+    page.context.close()
+
+
+def test_downloads_come_at_the_chosen_scale_named_by_their_settings(page):
+    pick_digits(page, 5)
+    use_seed(page, 42)
+    generate(page)
+    stem = "class_d5_g5_gi30-180_dpmpp20_seed42"
+    for scale, side in (("4", 4 * 28), ("1", 28), ("8", 8 * 28)):  # one digit: no frame
+        page.select_option("#download-scale", scale)
+        for link, kind in (("#download-png", "png"), ("#download-gif", "gif")):
+            with page.expect_download() as download:
+                page.click(link)
+            assert download.value.suggested_filename == f"{stem}_{scale}x.{kind}"
+            with Image.open(download.value.path()) as image:
+                assert image.size == (side, side) and image.format == kind.upper()
+
+
+def test_the_page_logs_no_console_error(browser, server):
+    page = open_page(browser, server.url)
+    failed = []
+    page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.status} {r.url}"))
+    generate(page)
+    page.click("#tab-denoise")
+    page.wait_for_selector("#dn-denoised[data-version='1']")
+    icon = page.request.get(f"{server.url}/favicon.ico")
+    assert icon.ok and icon.headers["content-type"] == "image/svg+xml"
+    page.context.close()
+    assert page.problems == [] and failed == []
 
 
 def _mse(a: np.ndarray, b: np.ndarray) -> float:
@@ -190,7 +379,15 @@ def test_denoiser_cleans_a_test_digit_and_a_drawing(page, tmp_path):
     assert _mse(denoised, clean) < _mse(noisy, clean) / 4
     screenshot(page, tmp_path / "denoise-test-digit.png")
 
-    page.check("input[name='source'][value='canvas']")
+    page.fill("#test-index", "99999")
+    page.dispatch_event("#test-index", "change")
+    page.locator("#dn-error", has_text="index must be a whole number from 0 to 9999").wait_for()
+    assert page.get_attribute("#dn-clean", "src") is None  # no stale digit beside the error
+    assert page.inner_text("#test-label") == ""
+
+    page.check("input[name='source'][value='canvas']")  # an empty pad: nothing to show
+    page.locator("#dn-status", has_text="Draw a digit").wait_for()
+    assert page.get_attribute("#dn-clean", "src") is None
     box = page.locator("#pad").bounding_box()
     page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.15 * box["height"])
     page.mouse.down()
@@ -199,25 +396,40 @@ def test_denoiser_cleans_a_test_digit_and_a_drawing(page, tmp_path):
     page.wait_for_selector("#dn-denoised[data-version='2']")
     assert displayed_pixels(page, "#dn-clean").max() > 200  # the stroke reached the model
     screenshot(page, tmp_path / "denoise-drawing.png")
+    page.click("#pad-clear")
+    page.locator("#dn-status", has_text="Draw a digit").wait_for()
+    assert page.get_attribute("#dn-denoised", "src") is None
+
+
+def test_the_denoiser_tab_retries_while_the_queue_is_full(page, server):
+    release = threading.Event()
+    try:
+        for _ in range(server.app.worker.max_queued + 1):  # one running, the rest in line
+            server.app.worker.submit(lambda: release.wait(30))
+        page.click("#tab-denoise")
+        page.locator("#dn-status", has_text="busy; trying again").wait_for()
+        assert page.get_attribute("#dn-denoised", "src") is None
+    finally:
+        release.set()
+    page.wait_for_selector("#dn-denoised[data-version='1']", timeout=20_000)
+    assert page.inner_text("#dn-status") == "" and not page.is_visible("#dn-error")
 
 
 def test_without_mnist_the_page_offers_drawing_only(browser, monkeypatch, tmp_path):
     monkeypatch.setenv("DIFFUMNIST_DATA", str(tmp_path / "no-mnist-here"))
-    with running_server() as url:
-        page = browser.new_page()
-        page.goto(url)
-        page.wait_for_selector("body[data-ready='1']")
+    with running_server() as server:
+        page = open_page(browser, server.url)
         page.click("#tab-denoise")
         assert page.is_visible("#test-note") and page.is_visible("#pad")
         assert page.is_disabled("input[name='source'][value='test']")
         screenshot(page, tmp_path / "denoise-without-mnist.png")
-        page.close()
+        page.context.close()
     assert not (tmp_path / "no-mnist-here").exists()  # nothing was downloaded
 
 
-def test_a_foreign_host_header_is_refused(server_url):
-    port = server_url.rsplit(":", 1)[1]
-    request = urllib.request.Request(f"{server_url}/", headers={"Host": f"evil.example:{port}"})
+def test_a_foreign_host_header_is_refused(server):
+    port = server.url.rsplit(":", 1)[1]
+    request = urllib.request.Request(f"{server.url}/", headers={"Host": f"evil.example:{port}"})
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 403
@@ -228,11 +440,14 @@ def test_a_foreign_host_header_is_refused(server_url):
     [
         ({"digits": []}, "pick 1 to 10 digits"),
         ({"digits": [3, 10]}, "digits must be a list of whole numbers 0-9"),
-        ({"guidance_scale": "lots"}, "guidance_scale must be a number"),
-        ({"seed": 2**40}, "seed must be a whole number"),
+        ({"guidance_scale": "lots"}, "guidance_scale must be a finite number"),
+        ({"guidance_scale": None}, "guidance_scale needs a value; got nothing"),
+        ({"seed": 2**40}, "seed must be an integer in 0..4294967295"),
         ({"sampler": "euler"}, "sampler must be one of ddpm, ddim, dpmpp"),
+        ({"sampler": "ddpm", "steps": 20}, "ddpm always takes all T=300 steps"),
         ({"sampler": "ddim", "steps": 301}, "steps must be an integer in 1..300"),
-        ({"model": "time", "count": 11}, "count must be a whole number from 1 to 10"),
+        ({"guidance_interval": [0, 301]}, "guidance_interval must lie within 0..300"),
+        ({"model": "time", "count": 11}, "count must be a whole number from 1 to 10; got 11"),
         ({"colour": "red"}, "unknown field(s): colour"),
         ([3], "the request must be a JSON object"),
     ],
@@ -242,36 +457,73 @@ def test_bad_generate_requests_name_the_field(payload, message):
         parse_generate(payload, num_timesteps=300)
 
 
+def test_a_generate_request_starts_from_the_fast_preset():
+    request = parse_generate({"digits": [1, 2]}, num_timesteps=300)
+    assert request.sampling.sampler == "dpmpp" and request.sampling.steps == 20
+    recipe = parse_generate({"sampler": "ddpm", "guidance_interval": None}, num_timesteps=300)
+    assert recipe.sampling.steps == 300 and recipe.sampling.guidance_interval is None
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
         ({"source": "canvas", "pixels": [0] * 783}, "pixels must hold 28x28 = 784 values"),
         ({"source": "canvas", "pixels": [256] * 784}, "pixels must be a list of whole numbers"),
         ({"index": 10_000}, "index must be a whole number from 0 to 9999"),
+        ({"index": None}, "index must be a whole number from 0 to 9999; got null"),
         ({"sigma": -0.1}, "sigma must be a number from 0 to 2"),
         ({"source": "camera"}, "source must be one of test, canvas"),
     ],
 )
 def test_bad_denoise_requests_name_the_field(payload, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        parse_denoise(payload, num_test_digits=10_000)
+        parse_denoise(payload, torch.zeros(10_000, 28, 28, dtype=torch.uint8))
 
 
 def test_without_mnist_the_denoiser_asks_for_a_drawing():
+    no_digits = torch.empty(0, 28, 28, dtype=torch.uint8)
     with pytest.raises(ConfigError, match="draw a digit instead"):
-        parse_denoise({"source": "test"}, num_test_digits=0)
-    assert len(parse_denoise({"source": "canvas", "pixels": [0] * 784}, 0).pixels) == 784
+        parse_denoise({"source": "test"}, no_digits)
+    noisy, clean, index = parse_denoise({"source": "canvas", "pixels": [0] * 784}, no_digits)
+    assert noisy.shape == clean.shape == (1, 1, 28, 28) and index == -1
 
 
 def test_a_full_queue_refuses_at_once():
     worker = Worker(max_queued=1)
     running, release = threading.Event(), threading.Event()
-    worker.submit(Job(lambda job: (running.set(), release.wait(10))))
+    worker.submit(lambda: (running.set(), release.wait(10)))
     assert running.wait(10)
-    worker.submit(Job(lambda job: None))  # waits in line
+    worker.submit(lambda: None)  # waits in line
     started = time.perf_counter()
     with pytest.raises(BusyError, match="busy"):
-        worker.submit(Job(lambda job: None))
+        worker.submit(lambda: None)
     assert time.perf_counter() - started < 1
     release.set()
     worker.stop()
+
+
+def test_the_line_counts_only_the_calls_ahead():
+    worker = Worker(max_queued=2)
+    release, ahead = threading.Event(), []
+    first = worker.submit(lambda: release.wait(10), ahead.append)
+    second = worker.submit(lambda: 2, ahead.append)
+    release.set()
+    assert first.result(10) and second.result(10) == 2
+    third = worker.submit(lambda: 3, ahead.append)
+    assert third.result(10) == 3
+    assert ahead == [0, 1, 0]  # a call never counts itself
+    worker.stop()
+
+
+def test_downloads_refuse_a_scale_not_offered(server):
+    job = server.app.start_generation({"digits": [1], "steps": 2})
+    assert [name for name, _ in job.follow()][-1] == "done"
+    base = f"{server.url}/api/jobs/{job.id}/grid.png"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{base}?scale=3", timeout=10)
+    assert (
+        refused.value.code == 400
+        and "scale must be one of 1, 2, 4, 8" in refused.value.read().decode()
+    )
+    with urllib.request.urlopen(f"{base}?scale=2", timeout=10) as reply:
+        assert Image.open(io.BytesIO(reply.read())).size == (56, 56)

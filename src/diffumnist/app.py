@@ -1,82 +1,88 @@
 """The web demo: watch a digit being born, in any browser, on the shipped models, offline.
 
-`diffumnist ui` calls `serve()`; the page lives in `ui_static/` (HTML, one script, one
-stylesheet) and talks only to this server.
-
-Why the standard library's `ThreadingHTTPServer` and not Gradio or FastAPI: the issue asks
-for a page that works fully offline, and Gradio pulls about a hundred packages and, unless
-configured otherwise, fetches fonts and sends analytics. What the page needs (three small JSON
-endpoints, one stream of frames, two downloads) fits in this module with no new runtime
-dependency; FastAPI would add three packages for routing we do not need. Frames stream as
-server-sent events, which every browser's `EventSource` reads. Every model call runs, in
-turn, on one worker thread fed by a bounded queue: the two CPU cores are never split between
-requests, a full queue is refused at once with a message, and each request is capped (10
-digits, T steps), so one user cannot starve the machine. The server binds 127.0.0.1 by default,
-checks the Host header there (against DNS rebinding), accepts only JSON posts (no cross-site
-form posts), and sends a Content-Security-Policy that lets the page load nothing from elsewhere.
+`diffumnist ui` calls `serve()`; the page (`ui_static/`) talks only to this server, which
+holds HTTP and the job queue. Sampling settings, their defaults, ranges and help come from
+`SamplingConfig` (the page starts from its `fast` preset), pictures from `viz`. The standard
+library's server, not Gradio or FastAPI: the page must work offline with no new dependency.
+Frames stream as server-sent events. Model calls run in turn on one worker thread behind a
+bounded queue (full: 503 at once). Each connection gets a thread (at most `max_connections`,
+more get a quick 503) and a read timeout; a body shorter than its Content-Length is refused
+(400); a client that went away is a debug line, never a traceback. On 127.0.0.1 (default)
+the Host header is checked (DNS rebinding); posts must be JSON; a CSP keeps the page here.
 """
 
 from __future__ import annotations
 
 import base64
-import inspect
-import io
 import json
 import logging
-import math
-import queue
 import re
 import secrets
+import socket
+import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import torch
 
 from diffumnist.config import ConfigError, check_choice, recipe
-from diffumnist.data import load_split, to_unit
-from diffumnist.models import DiffusionModel
+from diffumnist.data import add_noise, load_split, to_unit
 from diffumnist.pretrained import load_pretrained
-from diffumnist.sampling import DEFAULT_STEPS, SAMPLER_NAMES, StepInfo, check_sampler_args
-from diffumnist.viz import save_gif, save_grid
+from diffumnist.sampling import PRESETS, SAMPLER_NAMES, SEED_RANGE, SamplingConfig, StepInfo
+from diffumnist.viz import gif_bytes, png_bytes
 
 log = logging.getLogger(__name__)
 
-MAX_DIGITS = 10  # images per request: one row of the grid
+PAGE_PRESET = "fast"  # the page's first settings; "recipe" is one click away
+MAX_DIGITS = 10  # images per request
 MAX_QUEUED = 4  # requests waiting behind the running one; more are refused
-MAX_GUIDANCE = 20.0
-MAX_SEED = 2**31 - 1
+MAX_CONNECTIONS = 32  # connection threads; more connections are answered 503
+MAX_REFUSING = 8  # threads answering those 503s; beyond them a connection is just closed
+READ_TIMEOUT_S = 10.0  # a client silent this long is dropped; a body must arrive within it
+LINGER_S = 0.5  # after replying, how long to read what the client still sends
 MAX_SIGMA = 2.0
 MAX_BODY_BYTES = 16_384  # a drawn digit (784 numbers) fits several times over
 KEEP_JOBS = 8  # recent generations whose frames and downloads stay available
 DENOISE_WAIT_S = 300.0  # a denoise request gives up after waiting this long in line
+DOWNLOAD_SCALES = ("1", "2", "4", "8")
 LOOPBACK = ("127.0.0.1", "localhost")
 TRAINED_SIGMA = recipe("denoiser").sigma  # the noise level the shipped denoiser learned
+# Sampling settings the page may send; precision stays SamplingConfig's default (auto).
+PAGE_SETTINGS = ("sampler", "steps", "eta", "guidance_scale", "guidance_interval", "seed")
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
+    "/favicon.ico": ("favicon.svg", "image/svg+xml"),
 }
-JOB_PATH = re.compile(r"/api/jobs/([0-9a-f]{16})/(events|grid\.png|process\.gif)")
-OUTPUT_TYPES = {"grid.png": "image/png", "process.gif": "image/gif"}
+JOB_PATH = re.compile(r"/api/jobs/([0-9a-f]{16})/(events|grid\.png|process\.gif|cancel)")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-_SAMPLE_DEFAULTS = inspect.signature(DiffusionModel.sample).parameters
+BUSY_REPLY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n"
+    b'{"error": "the server is busy with other connections; try again in a moment"}'
+)
 
 
 class BusyError(RuntimeError):
     """The queue is full; the request was not accepted."""
+
+
+class Cancelled(Exception):
+    """Raised between sampling steps once the page pressed Stop."""
 
 
 # ---------------------------------------------------------------- requests, validated
@@ -84,180 +90,130 @@ class BusyError(RuntimeError):
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """One press of Generate. The defaults are the page's defaults and `sample`'s own."""
+    """One press of Generate: what to draw, and how (`sampling.steps` resolved against T)."""
 
     model: str = "class"
     digits: tuple[int, ...] = (5,)
     count: int = 1  # images from the time model, which takes no digits
-    guidance_scale: float = _SAMPLE_DEFAULTS["guidance_scale"].default
-    seed: int = 0
-    sampler: str = _SAMPLE_DEFAULTS["sampler"].default
-    steps: int | None = None  # None: ddpm takes all T steps, ddim and dpmpp DEFAULT_STEPS
-    eta: float = 0.0
-
-    def sample_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `DiffusionModel.sample`."""
-        kwargs: dict[str, Any] = dict(
-            seed=self.seed, sampler=self.sampler, steps=self.steps, eta=self.eta
-        )
-        if self.model == "class":
-            return kwargs | {"c": torch.tensor(self.digits), "guidance_scale": self.guidance_scale}
-        return kwargs | {"n": self.count}
+    sampling: SamplingConfig = field(default_factory=lambda: PRESETS[PAGE_PRESET])
 
 
-@dataclass(frozen=True)
-class DenoiseRequest:
-    """One look at the single-step denoiser: a test digit or a drawing, noised with σ."""
-
-    source: str = "test"
-    index: int = 0
-    pixels: tuple[int, ...] = ()  # a drawing: 28·28 grey values 0-255, row by row
-    sigma: float = TRAINED_SIGMA
-    seed: int = 0
-
-
-def _object(payload: object, allowed: type) -> dict[str, Any]:
+def _object(payload: object, allowed: set[str]) -> dict[str, Any]:
     """The payload as a dict, refusing anything that is not one or has unknown keys."""
     if not isinstance(payload, dict):
         raise ConfigError("the request must be a JSON object")
-    unknown = sorted(set(payload) - {f.name for f in fields(allowed)})
-    if unknown:
+    if unknown := sorted(set(payload) - allowed):
         raise ConfigError(f"unknown field(s): {', '.join(map(str, unknown))}")
     return payload
 
 
-def _whole(data: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    value = data.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{name} must be a whole number from {low} to {high}; got {value!r}")
+def _number(data: dict[str, Any], name: str, default: float, low: int, high: float) -> Any:
+    """data[name], checked to lie in [low, high]; whole when `default` is an int."""
+    value, kind = data.get(name, default), type(default)
+    if isinstance(value, bool) or not isinstance(value, kind | int) or not low <= value <= high:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {what} from {low} to {high:g}; got {json.dumps(value)}")
     return value
 
 
-def _number(data: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
-    value = data.get(name, default)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not low <= value <= high:
-        raise ConfigError(f"{name} must be a number from {low:g} to {high:g}; got {value!r}")
-    return float(value)
-
-
-def _int_list(value: object, name: str, low: int, high: int) -> tuple[int, ...]:
-    """A list of whole numbers in [low, high], as digits or pixels arrive."""
+def _int_list(value: object, name: str, high: int) -> tuple[int, ...]:
+    """A list of whole numbers in [0, high], as digits or pixels arrive."""
     if not isinstance(value, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in value
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= high for v in value
     ):
-        raise ConfigError(f"{name} must be a list of whole numbers {low}-{high}")
+        raise ConfigError(f"{name} must be a list of whole numbers 0-{high}")
     return tuple(value)
 
 
 def parse_generate(payload: object, num_timesteps: int) -> GenerateRequest:
-    """Check a Generate request field by field; raise ConfigError naming the first bad one."""
-    data = _object(payload, GenerateRequest)
-    base = GenerateRequest()
-    model = data.get("model", base.model)
+    """Check a Generate request; raise ConfigError naming the first bad field.
+
+    SamplingConfig checks the sampling settings, starting from the page's preset; a null is
+    refused here only where SamplingConfig would read it as "the default".
+    """
+    data = _object(payload, {"model", "digits", "count", *PAGE_SETTINGS})
+    model = data.get("model", "class")
     check_choice("model", model, ("class", "time"))
-    digits, count, guidance = base.digits, base.count, base.guidance_scale
+    digits, count = GenerateRequest.digits, GenerateRequest.count
     if model == "class":
-        digits = _int_list(data.get("digits", list(digits)), "digits", 0, 9)
+        digits = _int_list(data.get("digits", list(digits)), "digits", 9)
         if not 1 <= len(digits) <= MAX_DIGITS:
             raise ConfigError(f"pick 1 to {MAX_DIGITS} digits; got {len(digits)}")
-        guidance = _number(data, "guidance_scale", guidance, 0.0, MAX_GUIDANCE)
     else:
-        count = _whole(data, "count", count, 1, MAX_DIGITS)
-    request = GenerateRequest(
-        model=model,
-        digits=digits,
-        count=count,
-        guidance_scale=guidance,
-        seed=_whole(data, "seed", base.seed, 0, MAX_SEED),
-        sampler=data.get("sampler", base.sampler),
-        steps=data.get("steps", base.steps),
-        eta=data.get("eta", base.eta),
-    )
-    check_sampler_args(request.sampler, request.steps, request.eta, num_timesteps)
-    return request
+        count = _number(data, "count", count, 1, MAX_DIGITS)
+    settings = {name: data[name] for name in PAGE_SETTINGS if name in data}
+    for name in ("sampler", "eta", "guidance_scale", "seed"):
+        if name in settings and settings[name] is None:
+            raise ConfigError(f"{name} needs a value; got nothing")
+    config = SamplingConfig.from_preset(PAGE_PRESET, **settings)
+    config = config.replace(steps=config.num_steps(num_timesteps))
+    return GenerateRequest(model=model, digits=digits, count=count, sampling=config)
 
 
-def parse_denoise(payload: object, num_test_digits: int) -> DenoiseRequest:
-    """Check a denoiser request; a test digit is refused where MNIST is not on disk."""
-    data = _object(payload, DenoiseRequest)
+def parse_denoise(payload: object, test_images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Check a denoiser request; return (noisy = x + σ·ε, the clean x (1, 1, 28, 28), the
+    test index or −1 for a drawing). Test digits are refused where MNIST is not on disk."""
+    data = _object(payload, {"source", "index", "pixels", "sigma", "seed"})
     source = data.get("source", "test")
     check_choice("source", source, ("test", "canvas"))
-    index, pixels = 0, ()
+    if source == "test" and len(test_images) == 0:
+        raise ConfigError("MNIST test digits are not on this machine; draw a digit instead")
     if source == "test":
-        if num_test_digits == 0:
-            raise ConfigError("MNIST test digits are not on this machine; draw a digit instead")
-        index = _whole(data, "index", 0, 0, num_test_digits - 1)
+        index = _number(data, "index", 0, 0, len(test_images) - 1)
+        clean = to_unit(test_images[index : index + 1].to(torch.uint8))
+    elif len(pixels := _int_list(data.get("pixels"), "pixels", 255)) != 28 * 28:
+        raise ConfigError(f"pixels must hold 28x28 = 784 values; got {len(pixels)}")
     else:
-        pixels = _int_list(data.get("pixels"), "pixels", 0, 255)
-        if len(pixels) != 28 * 28:
-            raise ConfigError(f"pixels must hold 28x28 = 784 values; got {len(pixels)}")
-    return DenoiseRequest(
-        source=source,
-        index=index,
-        pixels=pixels,
-        sigma=_number(data, "sigma", DenoiseRequest.sigma, 0.0, MAX_SIGMA),
-        seed=_whole(data, "seed", 0, 0, MAX_SEED),
-    )
+        index, clean = -1, to_unit(torch.tensor(pixels, dtype=torch.uint8).reshape(1, 28, 28))
+    sigma = _number(data, "sigma", float(TRAINED_SIGMA), 0, MAX_SIGMA)
+    seed = _number(data, "seed", 0, 0, SEED_RANGE.stop - 1)
+    return add_noise(clean, sigma, torch.Generator().manual_seed(seed)), clean, torch.tensor(index)
 
 
-# ---------------------------------------------------------------- images
-
-
-def png_bytes(images: torch.Tensor) -> bytes:
-    """float (N, 1, 28, 28), shown clamped to [0, 1] -> one PNG row (N <= 10) via viz."""
-    buffer = io.BytesIO()
-    save_grid(images.float().cpu(), buffer, nrow=MAX_DIGITS)
-    return buffer.getvalue()
+def grid_columns(n: int) -> int:
+    """Images per grid row: one row up to five, else two rows, so ten digits stay large."""
+    return n if n <= 5 else (n + 1) // 2
 
 
 def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def gif_bytes(animation: torch.Tensor) -> bytes:
-    """uint8 frames (F, N, 28, 28) from `sample` -> the process GIF, via viz."""
-    buffer = io.BytesIO()
-    save_gif(animation, buffer, nrow=MAX_DIGITS)
-    return buffer.getvalue()
-
-
 # ---------------------------------------------------------------- jobs and the worker
 
 
 class Job:
-    """One request on the worker's queue, with every event it produced kept for replay.
+    """A generation's events (queued, started, frame…, then done, failed or cancelled), kept
+    so the page's stream, opened once the POST returns, still sees every one in order."""
 
-    Keeping the events lets the stream start after the work did (the page opens it once the
-    POST returns) and still see every frame in order.
-    """
-
-    def __init__(self, work: Callable[[Job], None]) -> None:
+    def __init__(self) -> None:
         self.id = secrets.token_hex(8)
-        self.outputs: dict[str, bytes] = {}
+        self.downloads: dict[str, Callable[[int], bytes]] = {}  # file -> encoder at a scale
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.finished = False
-        self._work = work
+        self.cancelled = threading.Event()  # set by Stop: the job ends at the next step
         self._changed = threading.Condition()
 
-    def emit(self, name: str, data: dict[str, Any]) -> None:
+    def emit(self, name: str, data: dict[str, Any], last: bool = False) -> None:
         with self._changed:
             self.events.append((name, data))
+            self.finished = last
             self._changed.notify_all()
 
-    def run(self) -> None:
-        """Do the work; a ConfigError becomes a `failed` event with its one-line message."""
-        self.emit("started", {})
+    def run(self, work: Callable[[Job], dict[str, Any]]) -> None:
+        """started, then `work`'s result as done, or failed (one line) or cancelled."""
         try:
-            self._work(self)
+            if self.cancelled.is_set():
+                raise Cancelled
+            self.emit("started", {})
+            self.emit("done", work(self), last=True)
+        except Cancelled:
+            self.emit("cancelled", {}, last=True)
         except ConfigError as exc:
-            self.emit("failed", {"message": str(exc)})
+            self.emit("failed", {"message": str(exc)}, last=True)
         except Exception as exc:
             log.exception("job %s failed", self.id)
-            self.emit("failed", {"message": f"internal error: {exc}"})
-        with self._changed:
-            self.finished = True
-            self._changed.notify_all()
+            self.emit("failed", {"message": f"internal error: {exc}"}, last=True)
 
     def follow(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield every event, past and future, until the job has finished."""
@@ -271,58 +227,39 @@ class Job:
             if finished:
                 return
 
-    def last_event(self, timeout: float) -> tuple[str, dict[str, Any]]:
-        """Wait for the job to finish; its last event is the result (done or failed)."""
-        with self._changed:
-            if not self._changed.wait_for(lambda: self.finished, timeout):
-                return "failed", {"message": "timed out waiting in the queue; try again"}
-            return self.events[-1]
-
 
 class Worker:
-    """Runs every model call in turn on one thread; a bounded queue keeps the line short."""
+    """Runs model calls in turn on one thread; at most `max_queued` wait in line."""
 
     def __init__(self, max_queued: int = MAX_QUEUED) -> None:
-        self._queue: queue.Queue[Job | None] = queue.Queue(max_queued)
-        self._thread = threading.Thread(target=self._loop, name="diffumnist-ui", daemon=True)
-        self._thread.start()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="diffumnist-ui")
+        self.max_queued, self._pending, self._lock = max_queued, 0, threading.Lock()
 
-    def submit(self, job: Job) -> None:
-        """Queue `job`, or raise BusyError at once when the line is full."""
-        job.emit("queued", {"waiting": self._queue.qsize() + 1})  # before the worker may start it
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise BusyError(
-                f"the server is busy: {self._queue.maxsize} requests are already waiting; "
-                "try again in a moment"
-            ) from None
+    def submit(self, work: Callable[[], Any], queued: Callable[[int], Any] = id) -> Future:
+        """Queue `work` after telling `queued` how many calls are ahead of it (not counting
+        itself); the Future holds what it returns. A full line raises BusyError at once."""
+        with self._lock:
+            if self._pending > self.max_queued:
+                raise BusyError(
+                    f"the server is busy: {self.max_queued} requests are already waiting; "
+                    "try again in a moment"
+                )
+            queued(self._pending)  # before the worker may start it
+            self._pending += 1
+        future = self._executor.submit(work)
+        future.add_done_callback(self._done)
+        return future
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish the queued jobs, then end the thread (for embedding and tests)."""
-        self._queue.put(None, timeout=timeout)
-        self._thread.join(timeout)
+    def _done(self, future: Future) -> None:
+        with self._lock:
+            self._pending -= 1
 
-    def _loop(self) -> None:
-        while (job := self._queue.get()) is not None:
-            job.run()
+    def stop(self) -> None:
+        """Drop the calls still in line, finish the running one, end the thread."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------- the demo, without HTTP
-
-
-def _load_test_digits() -> tuple[torch.Tensor, torch.Tensor, str]:
-    """MNIST's test split if it is already on disk, else empty tensors and the reason.
-
-    Never downloads: the page must work offline, with the drawing canvas only.
-    """
-    try:
-        images, labels = load_split("test", download=False)
-    except ConfigError as exc:
-        log.warning("denoiser tab offers drawing only: %s", exc)
-        note = "MNIST test digits are not on this machine, so you can only draw a digit."
-        return torch.empty(0, 28, 28, dtype=torch.uint8), torch.empty(0), note
-    return images, labels, ""
 
 
 class DemoApp:
@@ -332,21 +269,30 @@ class DemoApp:
         self.models = {kind: load_pretrained(kind) for kind in ("class", "time")}
         self.denoiser = load_pretrained("denoiser")
         self.num_timesteps = min(m.config.num_timesteps for m in self.models.values())
-        self.test_images, self.test_labels, self.test_note = _load_test_digits()
         self.worker = Worker(max_queued)
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
+        try:  # never downloads: offline, the denoiser tab offers drawing only
+            self.test_images, self.test_labels = load_split("test", download=False)
+            self.test_note = ""
+        except ConfigError as exc:
+            log.warning("denoiser tab offers drawing only: %s", exc)
+            self.test_images, self.test_labels = torch.empty(0, 28, 28), torch.empty(0)
+            self.test_note = "MNIST test digits are not on this machine, so draw a digit."
 
     def info(self) -> dict[str, Any]:
-        """What the page needs to build its form: choices, limits and defaults."""
+        """What the page builds its form from: presets, help, choices and limits."""
+        T = self.num_timesteps
         return {
-            "defaults": asdict(GenerateRequest()),
+            "preset": PAGE_PRESET,
+            "presets": {name: config.to_dict() for name, config in PRESETS.items()},
+            "help": {f.name: f.metadata["help"] for f in fields(SamplingConfig)},
             "samplers": list(SAMPLER_NAMES),
-            "default_steps": {"ddpm": self.num_timesteps} | DEFAULT_STEPS,
-            "num_timesteps": self.num_timesteps,
+            "default_steps": {s: SamplingConfig(sampler=s).num_steps(T) for s in SAMPLER_NAMES},
+            "num_timesteps": T,
             "max_digits": MAX_DIGITS,
-            "max_guidance": MAX_GUIDANCE,
-            "max_seed": MAX_SEED,
+            "seed_max": SEED_RANGE.stop - 1,
+            "download_scales": DOWNLOAD_SCALES,
             "max_sigma": MAX_SIGMA,
             "trained_sigma": TRAINED_SIGMA,
             "test_digits": len(self.test_images),
@@ -355,9 +301,11 @@ class DemoApp:
 
     def start_generation(self, payload: object) -> Job:
         """Validate and queue a generation; its frames stream from `job.follow()`."""
-        request = parse_generate(payload, self.num_timesteps)
-        job = Job(lambda job: self._generate(request, job))
-        self.worker.submit(job)
+        request, job = parse_generate(payload, self.num_timesteps), Job()
+        self.worker.submit(
+            lambda: job.run(lambda job: self._generate(request, job)),
+            lambda ahead: job.emit("queued", {"ahead": ahead}),
+        )
         with self._lock:
             self._jobs[job.id] = job
             while len(self._jobs) > KEEP_JOBS:
@@ -369,112 +317,157 @@ class DemoApp:
             return self._jobs.get(job_id)
 
     def denoise(self, payload: object) -> dict[str, Any]:
-        """Validate, queue and wait for one denoiser call; returns the three images."""
-        request = parse_denoise(payload, len(self.test_images))
-        job = Job(lambda job: self._denoise(request, job))
-        self.worker.submit(job)
-        name, data = job.last_event(DENOISE_WAIT_S)
-        if name == "failed":
-            raise ConfigError(data["message"])
-        return data
+        """Validate, queue and wait for one denoiser call: noisy = x + σ·ε (its training
+        corruption), then one network call. Returns the three images and the test label."""
+        noisy, clean, index = parse_denoise(payload, self.test_images)
+        result = self.worker.submit(lambda: self.denoiser.denoise(noisy))
+        try:
+            images = {"clean": clean, "noisy": noisy, "denoised": result.result(DENOISE_WAIT_S)}
+        except TimeoutError:
+            result.cancel()
+            raise BusyError("the denoiser waited too long in line; try again") from None
+        label = int(self.test_labels[index]) if index >= 0 else None
+        return {k: data_url(png_bytes(x, 1)) for k, x in images.items()} | {"label": label}
 
-    def _generate(self, request: GenerateRequest, job: Job) -> None:
-        """Sample, streaming x_t and x̂0 after every step; keep the grid PNG and the GIF."""
-        model = self.models[request.model]
+    def _generate(self, request: GenerateRequest, job: Job) -> dict[str, Any]:
+        """Sample, streaming x_t and x̂0 after every step; keep the images for downloads."""
         started = time.perf_counter()
+        nrow = grid_columns(len(request.digits) if request.model == "class" else request.count)
 
         def on_step(info: StepInfo) -> None:
-            job.emit(
-                "frame",
-                {
-                    "step": info.step + 1,
-                    "num_steps": info.num_steps,
-                    "t": info.t,
-                    "x_t": data_url(png_bytes(info.x_t)),
-                    "x0": data_url(png_bytes(info.x0_pred)),
-                },
-            )
+            if job.cancelled.is_set():
+                raise Cancelled
+            x_t, x0 = (data_url(png_bytes(x, nrow)) for x in (info.x_t, info.x0_pred))
+            job.emit("frame", {"step": info.step + 1, "t": info.t, "x_t": x_t, "x0": x0})
 
-        samples, animation = model.sample(**request.sample_kwargs(), callback=on_step)
-        job.outputs["grid.png"] = png_bytes(samples)
-        job.outputs["process.gif"] = gif_bytes(animation)
-        job.emit(
-            "done",
-            {
-                "seconds": time.perf_counter() - started,
-                "final": data_url(job.outputs["grid.png"]),
-                "grid": f"/api/jobs/{job.id}/grid.png",
-                "gif": f"/api/jobs/{job.id}/process.gif",
-            },
-        )
-
-    def _denoise(self, request: DenoiseRequest, job: Job) -> None:
-        """noisy = x + σ·ε (the denoiser's training corruption), then one network call."""
-        if request.source == "test":
-            clean = to_unit(self.test_images[request.index : request.index + 1])
-            label = int(self.test_labels[request.index])
-        else:
-            clean = to_unit(torch.tensor(request.pixels, dtype=torch.uint8).reshape(1, 28, 28))
-            label = None
-        generator = torch.Generator().manual_seed(request.seed)
-        noisy = clean + request.sigma * torch.randn(clean.shape, generator=generator)
-        denoised = self.denoiser.denoise(noisy)
-        images = {"clean": clean, "noisy": noisy, "denoised": denoised}
-        urls = {name: data_url(png_bytes(x)) for name, x in images.items()}
-        job.emit("done", urls | {"label": label})
+        digits = torch.tensor(request.digits) if request.model == "class" else None
+        count = request.count if request.model == "time" else None
+        model = self.models[request.model]
+        samples, animation = model.generate(digits, request.sampling, n=count, callback=on_step)
+        job.downloads = {
+            "grid.png": lambda scale: png_bytes(samples, nrow, scale),
+            "process.gif": lambda scale: gif_bytes(animation, nrow, scale),
+        }
+        settings = {"model": request.model, "digits": request.digits, "count": request.count}
+        return {
+            "seconds": time.perf_counter() - started,
+            "final": data_url(png_bytes(samples, nrow)),
+            "grid": f"/api/jobs/{job.id}/grid.png",
+            "gif": f"/api/jobs/{job.id}/process.gif",
+            "settings": settings | request.sampling.to_dict(),
+        }
 
 
 # ---------------------------------------------------------------- HTTP
 
 
 class DemoServer(ThreadingHTTPServer):
-    """A threaded HTTP server that carries the DemoApp its handlers serve."""
+    """A threaded HTTP server with bounded connection threads and a read timeout."""
 
     daemon_threads = True
+    request_queue_size = 64  # connections the kernel holds until accepted
 
-    def __init__(self, address: tuple[str, int], app: DemoApp) -> None:
-        self.app = app
+    def __init__(
+        self, address: tuple[str, int], app: DemoApp, *, read_timeout: float = READ_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:  # fmt: skip
+        self.app, self.read_timeout = app, read_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._refusers = threading.BoundedSemaphore(MAX_REFUSING)
         super().__init__(address, DemoHandler)
         port = self.server_address[1]
         loopback = address[0] in LOOPBACK
         self.allowed_hosts = {f"{name}:{port}" for name in LOOPBACK} if loopback else None
 
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        """A thread for the connection if one is free, else a quick 503 (or just a close)."""
+        if self._slots.acquire(blocking=False):
+            super().process_request(request, client_address)
+        elif self._refusers.acquire(blocking=False):
+            threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
+        else:
+            self.close_request(request)
+
+    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        try:
+            request.settimeout(LINGER_S)
+            request.sendall(BUSY_REPLY)
+        except OSError:
+            pass
+        finally:
+            self.shutdown_request(request)
+            self._refusers.release()
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        """Close after the reply, first reading (for LINGER_S at most) what the client still
+        sends: closing with unread input resets the connection, which can lose the reply."""
+        deadline = time.monotonic() + LINGER_S
+        try:
+            request.shutdown(socket.SHUT_WR)
+            while (left := deadline - time.monotonic()) > 0:
+                request.settimeout(left)
+                if not request.recv(65536):
+                    break
+        except OSError:
+            pass
+        self.close_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away or stalled is routine; anything else is logged in full."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            log.debug("client %s went away", client_address)
+        else:
+            log.exception("error while serving %s", client_address)
+
 
 class DemoHandler(BaseHTTPRequestHandler):
-    """Routes: the page's three files, /api/info, generate, the job stream, downloads, denoise."""
+    """Routes: the page's files, /api/info, generate, a job's stream/downloads/cancel, denoise."""
 
     server: DemoServer
     server_version = "diffumnist-ui"
 
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout  # StreamRequestHandler applies it to the socket
+        super().setup()
+
     def do_GET(self) -> None:
+        url = urlsplit(self.path)
         if not self._host_ok():
             return
-        path = urlsplit(self.path).path
-        if path in STATIC:
-            self._static(*STATIC[path])
-        elif path == "/api/info":
+        if url.path in STATIC:
+            name, content_type = STATIC[url.path]
+            body = (resources.files("diffumnist") / "ui_static" / name).read_bytes()
+            self._send(HTTPStatus.OK, body, content_type)
+        elif url.path == "/api/info":
             self._json(HTTPStatus.OK, self.server.app.info())
-        elif (match := JOB_PATH.fullmatch(path)) and (job := self.server.app.job(match[1])):
+        elif (match := JOB_PATH.fullmatch(url.path)) and (job := self.server.app.job(match[1])):
             if match[2] == "events":
                 self._events(job)
             else:
-                self._output(job, match[2])
+                self._download(job, match[2], parse_qs(url.query).get("scale", ["1"])[-1])
         else:
-            self._json(HTTPStatus.NOT_FOUND, {"error": f"nothing at {path} (jobs expire)"})
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"nothing at {url.path} (jobs expire)"})
 
     def do_POST(self) -> None:
+        path, app = urlsplit(self.path).path, self.server.app
         if not self._host_ok():
             return
-        path = urlsplit(self.path).path
-        app = self.server.app
         try:
             if path == "/api/generate":
                 body = {"job": app.start_generation(self._read_json()).id}
             elif path == "/api/denoise":
                 body = app.denoise(self._read_json())
+            elif (match := JOB_PATH.fullmatch(path)) and match[2] == "cancel" and app.job(match[1]):
+                app.job(match[1]).cancelled.set()
+                body = {"cancelled": True}
             else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"nothing at {path}"})
-                return
+                return self._json(HTTPStatus.NOT_FOUND, {"error": f"nothing to post to at {path}"})
         except ConfigError as exc:
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except BusyError as exc:
@@ -499,15 +492,29 @@ class DemoHandler(BaseHTTPRequestHandler):
         return False
 
     def _read_json(self) -> object:
-        """The request body as JSON; only application/json, so no cross-site form can post."""
+        """The request body as JSON; only application/json, so no cross-site form can post.
+
+        The whole body must arrive within the read timeout; a shorter one is refused.
+        """
         if not self.headers.get("Content-Type", "").startswith("application/json"):
             raise ConfigError("send the request as Content-Type: application/json")
         length = self.headers.get("Content-Length", "")
-        length = int(length) if length.isdigit() else 0
+        length = int(length) if length.isascii() and length.isdigit() else 0
         if not 0 < length <= MAX_BODY_BYTES:
             raise ConfigError(f"the request body must be 1 to {MAX_BODY_BYTES} bytes")
+        body, deadline = b"", time.monotonic() + self.server.read_timeout
         try:
-            return json.loads(self.rfile.read(length))
+            while len(body) < length and (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                if not (chunk := self.rfile.read1(length - len(body))):
+                    break
+                body += chunk
+        except TimeoutError:
+            pass
+        if len(body) < length:
+            raise ConfigError(f"the request body ended after {len(body)} of {length} bytes")
+        try:
+            return json.loads(body)
         except ValueError:
             raise ConfigError("the request body is not valid JSON") from None
 
@@ -522,18 +529,19 @@ class DemoHandler(BaseHTTPRequestHandler):
     def _json(self, status: HTTPStatus, data: dict[str, Any]) -> None:
         self._send(status, json.dumps(data).encode(), "application/json")
 
-    def _static(self, name: str, content_type: str) -> None:
-        body = (resources.files("diffumnist") / "ui_static" / name).read_bytes()
-        self._send(HTTPStatus.OK, body, content_type)
-
-    def _output(self, job: Job, name: str) -> None:
-        if name not in job.outputs:
+    def _download(self, job: Job, name: str, scale: str) -> None:
+        """The grid PNG or the process GIF, enlarged `scale` times."""
+        if scale not in DOWNLOAD_SCALES:
+            error = f"scale must be one of {', '.join(DOWNLOAD_SCALES)}; got {scale!r}"
+            self._json(HTTPStatus.BAD_REQUEST, {"error": error})
+        elif name not in job.downloads:
             self._json(HTTPStatus.NOT_FOUND, {"error": "this job has not finished"})
-            return
-        self._send(HTTPStatus.OK, job.outputs[name], OUTPUT_TYPES[name])
+        else:
+            kind = "image/png" if name.endswith(".png") else "image/gif"
+            self._send(HTTPStatus.OK, job.downloads[name](int(scale)), kind)
 
     def _events(self, job: Job) -> None:
-        """Server-sent events: queued, started, frame…, then done or failed."""
+        """Server-sent events of `job`; a reader that leaves cancels it (nobody watches)."""
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
@@ -542,26 +550,31 @@ class DemoHandler(BaseHTTPRequestHandler):
             for name, data in job.follow():
                 self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
                 self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
+        except (ConnectionError, TimeoutError):
             log.debug("client left the stream of job %s", job.id)
+            job.cancelled.set()
 
 
 def make_server(
-    host: str = "127.0.0.1", port: int = 7860, app: DemoApp | None = None
+    host: str = "127.0.0.1", port: int = 7860, app: DemoApp | None = None, **limits: Any
 ) -> DemoServer:
-    """A ready server (port 0 picks a free one); raises ConfigError if it cannot listen."""
+    """A ready server (port 0 picks a free one); raises ConfigError if it cannot listen.
+
+    `limits`: `read_timeout` (seconds) and `max_connections`, as DemoServer takes them.
+    """
     try:
-        return DemoServer((host, port), app or DemoApp())
+        return DemoServer((host, port), app or DemoApp(), **limits)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-def serve(host: str = "127.0.0.1", port: int = 7860) -> None:
+def serve(host: str = "127.0.0.1", port: int = 7860, **limits: Any) -> None:
     """Serve the demo until Ctrl+C; blocks. `diffumnist ui [--host] [--port]` calls this."""
-    server = make_server(host, port)
+    server = make_server(host, port, **limits)
     print(f"DiffuMNIST demo at http://{host}:{server.server_address[1]}/ (Ctrl+C stops it)")
     if host not in LOOPBACK:
         print(f"warning: listening on {host}, so other machines can reach this demo")
+    sys.stdout.flush()
     try:
         server.serve_forever()
     except KeyboardInterrupt:

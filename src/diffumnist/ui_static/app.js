@@ -1,32 +1,47 @@
 // DiffuMNIST demo page: plain JavaScript with no libraries, talking only to the server that
-// sent it. The server validates every input; this page only shows what it answers.
+// sent it. The server validates every setting; this page only refuses empty or non-numeric
+// fields (so no request carries a blank) and shows what the server answers.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 let info = null;
 
-/** POST JSON; resolve with the reply, or throw an Error carrying the server's message. */
+/** POST JSON; resolve with the reply, or throw an Error with the server's message and status. */
 async function postJSON(url, body) {
   let response;
   try {
     response = await fetch(url, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
+      body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (err) {
     throw new Error(`the server cannot be reached (${err.message})`);
   }
   const reply = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(reply.error || `the server answered ${response.status}`);
+  if (!response.ok) {
+    const error = new Error(reply.error || `the server answered ${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
   return reply;
 }
 
-/** A number input's value: null when empty, the typed text when it is not a number. */
-function readNumber(input) {
-  if (input.validity.badInput) return "not a number";
+/** "a whole number from 0 to 9" and the like, from a number input's attributes. */
+function rangeOf(input) {
+  const kind = input.step === "1" ? "a whole number" : "a number";
+  if (input.min !== "" && input.max !== "") return `${kind} from ${input.min} to ${input.max}`;
+  return input.min !== "" ? `${kind} of at least ${input.min}` : kind;
+}
+
+/** A number input's value; an empty one is null when `optional`, else a clear Error. */
+function readNumber(input, label, optional = false) {
   const text = input.value.trim();
-  return text === "" ? null : Number(text);
+  if (input.validity.badInput) throw new Error(`${label} is not a number: enter ${rangeOf(input)}.`);
+  if (text === "" && optional) return null;
+  if (text === "") throw new Error(`${label} is empty: enter ${rangeOf(input)}.`);
+  return Number(text);
 }
 
 function showError(box, message) {
@@ -34,10 +49,10 @@ function showError(box, message) {
   box.hidden = !message;
 }
 
-/** Show a small grid image enlarged with crisp pixels, as wide as the page allows. */
-function showImage(img, src, maxWidth = 440) {
+/** Show a small grid image enlarged `zoom` times with crisp pixels (CSS caps the width). */
+function showImage(img, src, zoom) {
   img.onload = () => {
-    img.style.width = `${Math.min(img.naturalWidth * 8, maxWidth)}px`;
+    img.style.width = `${img.naturalWidth * zoom}px`;
   };
   img.src = src;
 }
@@ -57,17 +72,20 @@ function setupTabs() {
 
 // ------------------------------------------------------------------ generate
 
-const timeline = []; // one entry per step {t, x_t, x0}, then the final image at t = 0
+let running = null; // the job being sampled: {id, source, timeline}
+let shownTimeline = []; // frames {step, t, x_t, x0} of the result on screen
+let shownResult = null; // {done, stem} of the result on screen
 let clickedAt = 0;
 
+const SAMPLING_INPUTS = ["sampler", "steps", "eta", "guidance", "gi-low", "gi-high"];
+
 function setupGenerateForm() {
-  const d = info.defaults;
   for (let digit = 0; digit <= 9; digit++) {
     const button = document.createElement("button");
     button.type = "button";
     button.id = `digit-${digit}`;
     button.textContent = digit;
-    button.setAttribute("aria-pressed", String(d.digits.includes(digit)));
+    button.setAttribute("aria-pressed", String(digit === 5));
     button.addEventListener("click", () => {
       button.setAttribute("aria-pressed", String(button.getAttribute("aria-pressed") !== "true"));
     });
@@ -75,135 +93,280 @@ function setupGenerateForm() {
   }
   $("digits-all").addEventListener("click", () => pressDigits(true));
   $("digits-none").addEventListener("click", () => pressDigits(false));
-  for (const sampler of info.samplers) $("sampler").add(new Option(sampler, sampler));
-  $("sampler").value = d.sampler;
-  $("sampler").addEventListener("change", onSamplerChange);
-  $("count").value = d.count;
+  $("count").value = 1;
   $("count").max = info.max_digits;
-  $("guidance").value = d.guidance_scale;
-  $("seed").value = d.seed;
+  $("count-help").textContent = `Range: ${rangeOf($("count"))}.`;
+  for (const sampler of info.samplers) $("sampler").add(new Option(sampler, sampler));
   $("steps").max = info.num_timesteps;
-  onSamplerChange();
+  $("gi-low").max = info.num_timesteps - 1;
+  $("gi-high").max = info.num_timesteps;
+  $("seed").max = info.seed_max;
+  $("seed").value = 0;
+  for (const scale of info.download_scales) {
+    $("download-scale").add(new Option(`${scale}x`, scale, false, scale === "4"));
+  }
+  setupPresets();
+  $("sampler").addEventListener("change", () => {
+    onSamplerChange(info.default_steps[$("sampler").value]);
+  });
+  for (const id of SAMPLING_INPUTS) $(id).addEventListener("input", () => markPreset(null));
   for (const radio of document.querySelectorAll('input[name="model"]')) {
     radio.addEventListener("change", onModelChange);
   }
   $("generate").addEventListener("click", generate);
-  $("scrubber").addEventListener("input", () => showStep(timeline[$("scrubber").value]));
+  $("stop").addEventListener("click", stop);
+  $("scrubber").addEventListener("input", () => showFrame(shownTimeline[$("scrubber").value]));
+  $("download-scale").addEventListener("change", updateDownloads);
 }
 
 function pressDigits(pressed) {
   for (const button of $("digits").children) button.setAttribute("aria-pressed", String(pressed));
 }
 
-function onSamplerChange() {
+/** Preset buttons from the server's SamplingConfig presets; the page starts from its own. */
+function setupPresets() {
+  const names = [info.preset, ...Object.keys(info.presets).filter((n) => n !== info.preset)];
+  for (const name of names) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.id = `preset-${name}`;
+    button.textContent = name;
+    button.title = describeSampling(info.presets[name]);
+    button.addEventListener("click", () => applyPreset(name));
+    $("presets").append(button);
+  }
+  applyPreset(info.preset);
+}
+
+function applyPreset(name) {
+  const preset = info.presets[name];
+  $("sampler").value = preset.sampler;
+  onSamplerChange(preset.steps ?? info.default_steps[preset.sampler]);
+  $("eta").value = preset.eta;
+  $("guidance").value = preset.guidance_scale;
+  const [low, high] = preset.guidance_interval ?? ["", ""];
+  [$("gi-low").value, $("gi-high").value] = [low, high];
+  markPreset(name);
+}
+
+function markPreset(name) {
+  for (const button of $("presets").children) {
+    button.setAttribute("aria-pressed", String(button.id === `preset-${name}`));
+  }
+  $("preset-help").textContent = name
+    ? `${name}: ${describeSampling(info.presets[name])}`
+    : "custom settings (a preset button restores its settings)";
+}
+
+function describeSampling(s) {
+  const steps = s.steps ?? info.default_steps[s.sampler];
+  const interval = s.guidance_interval ? ` for ${s.guidance_interval[0]} < t ≤ ${s.guidance_interval[1]}` : "";
+  return `${s.sampler}, ${steps} steps, γ = ${s.guidance_scale}${interval}`;
+}
+
+/** ddpm always takes all T steps: the field shows T and cannot be edited; η is DDIM's. */
+function onSamplerChange(steps) {
   const sampler = $("sampler").value;
-  $("steps").value = info.default_steps[sampler];
+  const ddpm = sampler === "ddpm";
+  $("steps").disabled = ddpm;
+  $("steps").value = ddpm ? info.num_timesteps : steps;
   $("eta").disabled = sampler !== "ddim";
   if (sampler !== "ddim") $("eta").value = 0;
+  writeHelp();
+}
+
+/** Each control's help line: SamplingConfig's help text, then its range on this page. */
+function writeHelp() {
+  const T = info.num_timesteps;
+  const ranges = {
+    sampler: info.samplers.join(", "),
+    steps: $("steps").disabled ? `always ${T} for ddpm` : `1–${T}`,
+    eta: $("eta").disabled ? "ddim only" : "0–1",
+    guidance_scale: "0 or more; the recipe uses 5",
+    guidance_interval: `0–${T}; both empty: every step`,
+    seed: `0–${info.seed_max}`,
+  };
+  for (const [name, range] of Object.entries(ranges)) {
+    $(`help-${name}`).textContent = `${info.help[name]}. Range: ${range}.`;
+  }
 }
 
 function onModelChange() {
   const timeModel = document.querySelector('input[name="model"]:checked').value === "time";
   $("digits-field").hidden = timeModel;
   $("count-field").hidden = !timeModel;
-  $("guidance").disabled = timeModel;
+  for (const id of ["guidance", "gi-low", "gi-high"]) $(id).disabled = timeModel;
 }
 
+/** The request for the form as it stands; throws an Error naming a blank or bad field. */
 function readGenerateForm() {
+  if ($("seed-random").checked) {
+    $("seed").value = crypto.getRandomValues(new Uint32Array(1))[0] % (info.seed_max + 1);
+  }
   const model = document.querySelector('input[name="model"]:checked').value;
-  const common = {
+  const body = {
     model,
-    seed: readNumber($("seed")),
     sampler: $("sampler").value,
-    steps: readNumber($("steps")),
-    eta: readNumber($("eta")) ?? 0,
+    steps: $("sampler").value === "ddpm" ? null : readNumber($("steps"), "Steps"),
+    eta: $("eta").disabled ? 0 : readNumber($("eta"), "η"),
+    seed: readNumber($("seed"), "Seed"),
   };
-  if (model === "time") return { ...common, count: readNumber($("count")) };
+  if (model === "time") return { ...body, count: readNumber($("count"), "How many images") };
+  const low = readNumber($("gi-low"), "The guidance interval's lower end", true);
+  const high = readNumber($("gi-high"), "The guidance interval's upper end", true);
+  if ((low === null) !== (high === null)) {
+    throw new Error("Fill both ends of the guidance interval, or neither (guidance at every step).");
+  }
   const pressed = $("digits").querySelectorAll('button[aria-pressed="true"]');
-  const digits = Array.from(pressed, (button) => Number(button.textContent));
-  return { ...common, digits, guidance_scale: readNumber($("guidance")) };
+  return {
+    ...body,
+    digits: Array.from(pressed, (button) => Number(button.textContent)),
+    guidance_scale: readNumber($("guidance"), "Guidance γ"),
+    guidance_interval: low === null ? null : [low, high],
+  };
 }
 
 async function generate() {
+  if (running) return;
+  let body;
+  try {
+    body = readGenerateForm();
+  } catch (err) {
+    showError($("gen-error"), err.message);
+    return;
+  }
   showError($("gen-error"), "");
-  timeline.length = 0;
-  $("scrubber").disabled = true;
-  $("scrubber").value = 0;
-  $("result").hidden = true;
-  delete $("final").dataset.ready;
-  $("generate").disabled = true;
+  running = { id: null, source: null, timeline: [], numSteps: body.steps ?? info.num_timesteps };
+  setRunning(true);
+  setStatus("sending…");
   clickedAt = performance.now();
   try {
-    const { job } = await postJSON("/api/generate", readGenerateForm());
-    follow(job);
+    running.id = (await postJSON("/api/generate", body)).job;
+    $("stop").hidden = false;
+    follow(running);
   } catch (err) {
-    generationFailed(err.message);
+    finish("failed", err.message);
   }
 }
 
-/** Read the job's server-sent events: queued, started, frame..., then done or failed. */
-function follow(job) {
-  const source = new EventSource(`/api/jobs/${job}/events`);
-  const on = (name, handler) =>
-    source.addEventListener(name, (event) => handler(JSON.parse(event.data)));
-  on("queued", (e) => setStatus(`waiting in line (${e.waiting} waiting)…`));
-  on("started", () => setStatus("sampling…"));
-  on("frame", (frame) => {
-    timeline.push(frame);
-    $("scrubber").max = frame.num_steps; // every step, then the final image at t = 0
-    $("scrubber").value = timeline.length - 1;
-    showStep(frame);
-    setStatus(`step ${frame.step} of ${frame.num_steps}, t = ${frame.t}`);
-  });
-  on("done", (done) => {
-    source.close();
-    generationDone(done);
-  });
-  on("failed", (e) => {
-    source.close();
-    generationFailed(e.message);
-  });
-  source.onerror = () => {
-    source.close();
-    generationFailed("lost the connection to the server");
-  };
+/** Stop the running job; it answers with a `cancelled` event between two steps. */
+async function stop() {
+  if (!running?.id) return;
+  $("stop").disabled = true;
+  setStatus("stopping…");
+  try {
+    await postJSON(`/api/jobs/${running.id}/cancel`);
+  } catch (err) {
+    showError($("gen-error"), err.message);
+  }
 }
 
-function showStep(frame) {
-  showImage($("view-xt"), frame.x_t);
-  showImage($("view-x0"), frame.x0);
+/** Read the job's server-sent events: queued, started, frame..., then its end. */
+function follow(run) {
+  const source = new EventSource(`/api/jobs/${run.id}/events`);
+  run.source = source;
+  const on = (name, handler) =>
+    source.addEventListener(name, (event) => handler(JSON.parse(event.data)));
+  on("queued", (e) =>
+    setStatus(e.ahead ? `waiting in line: ${e.ahead} ahead of you…` : "starting…"));
+  on("started", () => setStatus("sampling…"));
+  on("frame", (frame) => {
+    run.timeline.push(frame);
+    showTimeline(run.timeline);
+    setStatus(`step ${frame.step} of ${run.numSteps}, t = ${frame.t}`);
+  });
+  on("done", (done) => finish("done", done));
+  on("failed", (e) => finish("failed", e.message));
+  on("cancelled", () => finish("cancelled"));
+  source.onerror = () => finish("failed", "lost the connection to the server");
+}
+
+/** End the run: a result replaces the one on screen; otherwise that one stays, with its frames. */
+function finish(outcome, detail) {
+  const run = running;
+  running = null;
+  run?.source?.close();
+  if (outcome === "done") {
+    shownTimeline = run.timeline;
+    showResult(detail);
+  } else {
+    showError($("gen-error"), outcome === "failed" ? detail : "");
+    setStatus(outcome === "cancelled" ? "stopped; the last result stays on screen" : "");
+  }
+  showTimeline(shownTimeline);
+  setRunning(false);
+}
+
+function setRunning(on) {
+  $("generate").disabled = on;
+  $("stop").hidden = true;
+  $("stop").disabled = false;
+  $("scrubber").disabled = on || shownTimeline.length < 2;
+}
+
+/** Show `timeline` at its last frame, the slider at that frame (nothing when it is empty). */
+function showTimeline(timeline) {
+  $("live").hidden = timeline.length === 0;
+  $("empty-hint").hidden = timeline.length > 0 || !$("result").hidden;
+  if (timeline.length === 0) return;
+  const scrubber = $("scrubber");
+  scrubber.max = timeline.length - 1;
+  scrubber.value = timeline.length - 1;
+  showFrame(timeline[timeline.length - 1]);
+}
+
+function showFrame(frame) {
+  showImage($("view-xt"), frame.x_t, 8);
+  showImage($("view-x0"), frame.x0, 8);
   $("scrub-t").textContent = `t = ${frame.t}`;
+  $("scrub-step").textContent = `step ${frame.step}`;
 }
 
 function setStatus(text) {
   $("gen-status").textContent = text;
 }
 
-function generationDone(done) {
-  timeline.push({ t: 0, x_t: done.final, x0: done.final });
-  const scrubber = $("scrubber");
-  scrubber.value = timeline.length - 1;
-  scrubber.disabled = false;
-  showStep(timeline[timeline.length - 1]);
+function showResult(done) {
   const final = $("final");
   final.onload = () => {
     const seconds = (performance.now() - clickedAt) / 1000;
-    final.style.width = `${Math.min(final.naturalWidth * 8, 900)}px`;
+    final.style.width = `${final.naturalWidth * 10}px`;
     final.dataset.seconds = seconds.toFixed(2);
-    final.dataset.ready = "1";
-    setStatus(`done in ${seconds.toFixed(1)} s from Generate (sampling ${done.seconds.toFixed(1)} s)`);
+    final.dataset.version = Number(final.dataset.version || 0) + 1;
+    setStatus(`done in ${seconds.toFixed(1)} s (sampling ${done.seconds.toFixed(1)} s)`);
   };
-  final.src = done.grid;
-  $("download-png").href = done.grid;
-  $("download-gif").href = done.gif;
+  final.src = done.final;
+  $("result-caption").textContent = describeResult(done.settings);
+  shownResult = { done, stem: fileStem(done.settings) };
+  updateDownloads();
   $("result").hidden = false;
-  $("generate").disabled = false;
+  $("empty-hint").hidden = true;
 }
 
-function generationFailed(message) {
-  showError($("gen-error"), message);
-  setStatus("");
-  $("generate").disabled = false;
+function describeResult(s) {
+  const what = s.model === "class"
+    ? `digit${s.digits.length > 1 ? "s" : ""} ${s.digits.join(" ")}`
+    : `${s.count} image${s.count > 1 ? "s" : ""} from the time model`;
+  const guidance = s.model === "class" ? `, ${describeSampling(s)}` : `, ${s.sampler}, ${s.steps} steps`;
+  return `${what}${guidance}${s.eta ? `, η = ${s.eta}` : ""}, seed ${s.seed}`;
+}
+
+/** The settings as a file name: class_d5_g5_gi30-180_dpmpp20_seed42 and the like. */
+function fileStem(s) {
+  let what = `time_n${s.count}`;
+  if (s.model === "class") {
+    what = `class_d${s.digits.join("")}_g${s.guidance_scale}`;
+    if (s.guidance_interval) what += `_gi${s.guidance_interval.join("-")}`;
+  }
+  return `${what}_${s.sampler}${s.steps}${s.eta ? `_eta${s.eta}` : ""}_seed${s.seed}`;
+}
+
+function updateDownloads() {
+  if (!shownResult) return;
+  const scale = $("download-scale").value;
+  const { done, stem } = shownResult;
+  Object.assign($("download-png"), { href: `${done.grid}?scale=${scale}`, download: `${stem}_${scale}x.png` });
+  Object.assign($("download-gif"), { href: `${done.gif}?scale=${scale}`, download: `${stem}_${scale}x.gif` });
 }
 
 // ------------------------------------------------------------------ denoiser
@@ -212,12 +375,15 @@ let denoiseBusy = false;
 let denoiseAgain = false;
 let noiseSeed = 0;
 let padHasInk = false;
+const DENOISE_RETRIES = 60; // a full queue is retried once a second, this many times
 
 function setupDenoiser() {
   $("trained-sigma").textContent = info.trained_sigma;
   $("sigma").max = info.max_sigma;
   $("sigma").value = info.trained_sigma;
+  $("sigma-help").textContent = `Range: 0 to ${info.max_sigma}; New noise draws another ε.`;
   $("test-index").max = Math.max(info.test_digits - 1, 0);
+  $("test-help").textContent = `Range: ${rangeOf($("test-index"))}.`;
   if (info.test_digits === 0) {
     const note = $("test-note");
     note.textContent = info.test_note;
@@ -262,9 +428,10 @@ function showSigma() {
   $("sigma-out").textContent = Number($("sigma").value).toFixed(2);
 }
 
+/** The request for the denoiser, or null for an empty drawing pad; throws on a bad index. */
 function readDenoiseForm() {
   const common = { sigma: Number($("sigma").value), seed: noiseSeed };
-  if (!drawing()) return { ...common, source: "test", index: readNumber($("test-index")) };
+  if (!drawing()) return { ...common, source: "test", index: readNumber($("test-index"), "Index") };
   return padHasInk ? { ...common, source: "canvas", pixels: padPixels() } : null;
 }
 
@@ -274,13 +441,18 @@ async function requestDenoise() {
     denoiseAgain = true;
     return;
   }
-  const body = readDenoiseForm();
-  if (body === null) return; // an empty drawing pad: nothing to denoise yet
   denoiseBusy = true;
   try {
-    showDenoised(await postJSON("/api/denoise", body));
+    const body = readDenoiseForm();
+    if (body === null) {
+      clearDenoised();
+      $("dn-status").textContent = "Draw a digit in the box.";
+    } else {
+      showDenoised(await postDenoise(body));
+    }
     showError($("dn-error"), "");
   } catch (err) {
+    clearDenoised();
     showError($("dn-error"), err.message);
   } finally {
     denoiseBusy = false;
@@ -289,6 +461,26 @@ async function requestDenoise() {
       requestDenoise();
     }
   }
+}
+
+/** POST a denoiser request; while the queue is full, say so and try again each second. */
+async function postDenoise(body) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const reply = await postJSON("/api/denoise", body);
+      $("dn-status").textContent = "";
+      return reply;
+    } catch (err) {
+      if (err.status !== 503 || attempt >= DENOISE_RETRIES) throw err;
+      $("dn-status").textContent = "The server is busy; trying again in a moment…";
+      await sleep(1000);
+    }
+  }
+}
+
+function clearDenoised() {
+  for (const name of ["clean", "noisy", "denoised"]) $(`dn-${name}`).removeAttribute("src");
+  $("test-label").textContent = "";
 }
 
 async function showDenoised(reply) {
@@ -337,7 +529,10 @@ function setupPad() {
     down = false;
     requestDenoise();
   });
-  $("pad-clear").addEventListener("click", clear);
+  $("pad-clear").addEventListener("click", () => {
+    clear();
+    requestDenoise();
+  });
 }
 
 /** The drawing as MNIST frames its digits: ink cropped, fitted into 20x20, centred in 28x28. */
