@@ -46,7 +46,7 @@ PAGE_PRESET = "fast"  # the page's first settings; "recipe" is one click away
 MAX_DIGITS = 10  # images per request
 MAX_QUEUED = 4  # requests waiting behind the running one; more are refused
 MAX_CONNECTIONS = 32  # connection threads; more connections are answered 503
-MAX_REFUSING = 8  # threads answering those 503s; beyond them a connection is just closed
+MAX_REFUSING = 8  # threads answering those 503s; when all are busy, a connection is closed
 READ_TIMEOUT_S = 10.0  # a client silent this long is dropped; a body must arrive within it
 LINGER_S = 0.5  # after replying, how long to read what the client still sends
 MAX_SIGMA = 2.0
@@ -383,7 +383,7 @@ class DemoServer(ThreadingHTTPServer):
         """A thread for the connection if one is free, else a quick 503 (or just a close)."""
         if self._slots.acquire(blocking=False):
             super().process_request(request, client_address)
-        elif self._refusers.acquire(blocking=False):
+        elif self._refusers.acquire(timeout=2 * LINGER_S):  # each refusal ends within that
             threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
         else:
             self.close_request(request)
