@@ -91,7 +91,7 @@ def running_server() -> Iterator[DemoServer]:
     finally:
         server.shutdown()
         server.server_close()
-        server.app.worker.stop()
+        server.app.close()
 
 
 @pytest.fixture(scope="module")
@@ -297,6 +297,10 @@ def test_a_new_seed_each_time_gives_a_new_image(page):
         results.append((seed, page.get_attribute("#final", "src")))
     (seed_a, image_a), (seed_b, image_b) = results
     assert seed_a != seed_b and image_a != image_b
+    page.fill("#seed", str(seed_a))  # a seed typed in is the one to use
+    assert not page.is_checked("#seed-random")
+    generate(page)
+    assert page.get_attribute("#final", "src") == image_a
 
 
 def test_stop_cancels_a_running_job(page, server, tmp_path):

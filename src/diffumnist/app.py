@@ -150,7 +150,9 @@ def parse_generate(payload: object, num_timesteps: int) -> GenerateRequest:
     return GenerateRequest(model=model, digits=digits, count=count, sampling=config)
 
 
-def parse_denoise(payload: object, test_images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def parse_denoise(
+    payload: object, test_images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Check a denoiser request; return (noisy = x + σ·ε, the clean x (1, 1, 28, 28), the
     test index or −1 for a drawing). Test digits are refused where MNIST is not on disk."""
     data = _object(payload, {"source", "index", "pixels", "sigma", "seed"})
@@ -167,12 +169,7 @@ def parse_denoise(payload: object, test_images: torch.Tensor) -> tuple[torch.Ten
         index, clean = -1, to_unit(torch.tensor(pixels, dtype=torch.uint8).reshape(1, 28, 28))
     sigma = _number(data, "sigma", float(TRAINED_SIGMA), 0, MAX_SIGMA)
     seed = _number(data, "seed", 0, 0, SEED_RANGE.stop - 1)
-    return add_noise(clean, sigma, torch.Generator().manual_seed(seed)), clean, torch.tensor(index)
-
-
-def grid_columns(n: int) -> int:
-    """Images per grid row: one row up to five, else two rows, so ten digits stay large."""
-    return n if n <= 5 else (n + 1) // 2
+    return add_noise(clean, sigma, torch.Generator().manual_seed(seed)), clean, index
 
 
 def data_url(png: bytes) -> str:
@@ -316,6 +313,13 @@ class DemoApp:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def close(self) -> None:
+        """Stop every job (each ends at its next step), then the worker."""
+        with self._lock:
+            for job in self._jobs.values():
+                job.cancelled.set()
+        self.worker.stop()
+
     def denoise(self, payload: object) -> dict[str, Any]:
         """Validate, queue and wait for one denoiser call: noisy = x + σ·ε (its training
         corruption), then one network call. Returns the three images and the test label."""
@@ -332,7 +336,8 @@ class DemoApp:
     def _generate(self, request: GenerateRequest, job: Job) -> dict[str, Any]:
         """Sample, streaming x_t and x̂0 after every step; keep the images for downloads."""
         started = time.perf_counter()
-        nrow = grid_columns(len(request.digits) if request.model == "class" else request.count)
+        n = len(request.digits) if request.model == "class" else request.count
+        nrow = n if n <= 5 else (n + 1) // 2  # two rows past five, so ten digits stay large
 
         def on_step(info: StepInfo) -> None:
             if job.cancelled.is_set():
@@ -511,6 +516,7 @@ class DemoHandler(BaseHTTPRequestHandler):
                 body += chunk
         except TimeoutError:
             pass
+        self.connection.settimeout(self.server.read_timeout)
         if len(body) < length:
             raise ConfigError(f"the request body ended after {len(body)} of {length} bytes")
         try:
@@ -578,6 +584,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, **limits: Any) -> None:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        pass  # Ctrl+C ends the demo; the worker thread is a daemon and ends with it
+        pass  # Ctrl+C ends the demo
     finally:
         server.server_close()
+        server.app.close()

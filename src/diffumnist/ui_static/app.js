@@ -102,6 +102,9 @@ function setupGenerateForm() {
   $("gi-high").max = info.num_timesteps;
   $("seed").max = info.seed_max;
   $("seed").value = 0;
+  $("seed").addEventListener("input", () => {
+    $("seed-random").checked = false; // a seed typed in is the one to use
+  });
   for (const scale of info.download_scales) {
     $("download-scale").add(new Option(`${scale}x`, scale, false, scale === "4"));
   }
@@ -198,32 +201,33 @@ function onModelChange() {
   for (const id of ["guidance", "gi-low", "gi-high"]) $(id).disabled = timeModel;
 }
 
-/** The request for the form as it stands; throws an Error naming a blank or bad field. */
+/** The request for the form as it stands; throws an Error naming a blank or bad field.
+ *  With "new seed each time" a fresh seed goes into the seed field first. */
 function readGenerateForm() {
-  if ($("seed-random").checked) {
-    $("seed").value = crypto.getRandomValues(new Uint32Array(1))[0] % (info.seed_max + 1);
-  }
   const model = document.querySelector('input[name="model"]:checked').value;
   const body = {
     model,
     sampler: $("sampler").value,
     steps: $("sampler").value === "ddpm" ? null : readNumber($("steps"), "Steps"),
     eta: $("eta").disabled ? 0 : readNumber($("eta"), "η"),
-    seed: readNumber($("seed"), "Seed"),
   };
-  if (model === "time") return { ...body, count: readNumber($("count"), "How many images") };
-  const low = readNumber($("gi-low"), "The guidance interval's lower end", true);
-  const high = readNumber($("gi-high"), "The guidance interval's upper end", true);
-  if ((low === null) !== (high === null)) {
-    throw new Error("Fill both ends of the guidance interval, or neither (guidance at every step).");
+  if (model === "time") {
+    body.count = readNumber($("count"), "How many images");
+  } else {
+    const pressed = $("digits").querySelectorAll('button[aria-pressed="true"]');
+    body.digits = Array.from(pressed, (button) => Number(button.textContent));
+    body.guidance_scale = readNumber($("guidance"), "Guidance γ");
+    const low = readNumber($("gi-low"), "The guidance interval's lower end", true);
+    const high = readNumber($("gi-high"), "The guidance interval's upper end", true);
+    if ((low === null) !== (high === null)) {
+      throw new Error("Fill both ends of the guidance interval, or neither (every step).");
+    }
+    body.guidance_interval = low === null ? null : [low, high];
   }
-  const pressed = $("digits").querySelectorAll('button[aria-pressed="true"]');
-  return {
-    ...body,
-    digits: Array.from(pressed, (button) => Number(button.textContent)),
-    guidance_scale: readNumber($("guidance"), "Guidance γ"),
-    guidance_interval: low === null ? null : [low, high],
-  };
+  if ($("seed-random").checked) {
+    $("seed").value = crypto.getRandomValues(new Uint32Array(1))[0] % (info.seed_max + 1);
+  }
+  return { ...body, seed: readNumber($("seed"), "Seed") };
 }
 
 async function generate() {
@@ -266,7 +270,9 @@ function follow(run) {
   const source = new EventSource(`/api/jobs/${run.id}/events`);
   run.source = source;
   const on = (name, handler) =>
-    source.addEventListener(name, (event) => handler(JSON.parse(event.data)));
+    source.addEventListener(name, (event) => {
+      if (running === run) handler(JSON.parse(event.data));
+    });
   on("queued", (e) =>
     setStatus(e.ahead ? `waiting in line: ${e.ahead} ahead of you…` : "starting…"));
   on("started", () => setStatus("sampling…"));
@@ -278,7 +284,9 @@ function follow(run) {
   on("done", (done) => finish("done", done));
   on("failed", (e) => finish("failed", e.message));
   on("cancelled", () => finish("cancelled"));
-  source.onerror = () => finish("failed", "lost the connection to the server");
+  source.onerror = () => {
+    if (running === run) finish("failed", "lost the connection to the server");
+  };
 }
 
 /** End the run: a result replaces the one on screen; otherwise that one stays, with its frames. */
@@ -442,6 +450,7 @@ async function requestDenoise() {
     return;
   }
   denoiseBusy = true;
+  $("dn-status").textContent = "";
   try {
     const body = readDenoiseForm();
     if (body === null) {
