@@ -275,12 +275,12 @@ def test_ddpm_steps_are_not_editable(page):
     assert page.input_value("#sampler") == "ddpm"
     assert page.is_disabled("#steps") and page.input_value("#steps") == "300"
     assert "always 300 for ddpm" in page.inner_text("#help-steps")
+    assert page.is_disabled("#eta")  # ddpm takes no η
     page.select_option("#sampler", "ddim")
     assert page.is_enabled("#steps") and page.input_value("#steps") == "50"
     assert page.is_enabled("#eta")
     page.click("#preset-fast")
     assert page.input_value("#sampler") == "dpmpp" and page.input_value("#steps") == "20"
-    assert page.is_disabled("#eta")
     for name in ("sampler", "steps", "eta", "guidance_scale", "guidance_interval", "seed"):
         assert "Range:" in page.inner_text(f"#help-{name}")
 

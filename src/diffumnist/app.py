@@ -172,6 +172,15 @@ def parse_denoise(
     return add_noise(clean, sigma, torch.Generator().manual_seed(seed)), clean, index
 
 
+def _accepts(num_timesteps: int, **settings: Any) -> bool:
+    """Whether SamplingConfig takes `settings` for a model of T = `num_timesteps`."""
+    try:
+        SamplingConfig(**settings).num_steps(num_timesteps)
+    except ConfigError:
+        return False
+    return True
+
+
 def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -278,7 +287,8 @@ class DemoApp:
             self.test_note = "MNIST test digits are not on this machine, so draw a digit."
 
     def info(self) -> dict[str, Any]:
-        """What the page builds its form from: presets, help, choices and limits."""
+        """What the page builds its form from: presets, help, choices and limits, each as
+        SamplingConfig has it (which samplers take η or other steps: as it accepts them)."""
         T = self.num_timesteps
         return {
             "preset": PAGE_PRESET,
@@ -286,6 +296,8 @@ class DemoApp:
             "help": {f.name: f.metadata["help"] for f in fields(SamplingConfig)},
             "samplers": list(SAMPLER_NAMES),
             "default_steps": {s: SamplingConfig(sampler=s).num_steps(T) for s in SAMPLER_NAMES},
+            "fixed_steps": [s for s in SAMPLER_NAMES if not _accepts(T, sampler=s, steps=1)],
+            "eta_samplers": [s for s in SAMPLER_NAMES if _accepts(T, sampler=s, eta=1.0)],
             "num_timesteps": T,
             "max_digits": MAX_DIGITS,
             "seed_max": SEED_RANGE.stop - 1,
@@ -454,6 +466,8 @@ class DemoHandler(BaseHTTPRequestHandler):
         elif (match := JOB_PATH.fullmatch(url.path)) and (job := self.server.app.job(match[1])):
             if match[2] == "events":
                 self._events(job)
+            elif match[2] == "cancel":
+                self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "POST to cancel a job"})
             else:
                 self._download(job, match[2], parse_qs(url.query).get("scale", ["1"])[-1])
         else:

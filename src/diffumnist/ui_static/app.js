@@ -167,14 +167,15 @@ function describeSampling(s) {
   return `${s.sampler}, ${steps} steps, γ = ${s.guidance_scale}${interval}`;
 }
 
-/** ddpm always takes all T steps: the field shows T and cannot be edited; η is DDIM's. */
+/** A sampler with a fixed number of steps (ddpm: all T) shows it in a field that cannot be
+ *  edited; η is enabled only for the samplers that take it. */
 function onSamplerChange(steps) {
   const sampler = $("sampler").value;
-  const ddpm = sampler === "ddpm";
-  $("steps").disabled = ddpm;
-  $("steps").value = ddpm ? info.num_timesteps : steps;
-  $("eta").disabled = sampler !== "ddim";
-  if (sampler !== "ddim") $("eta").value = 0;
+  const fixed = info.fixed_steps.includes(sampler);
+  $("steps").disabled = fixed;
+  $("steps").value = fixed ? info.num_timesteps : steps;
+  $("eta").disabled = !info.eta_samplers.includes(sampler);
+  if ($("eta").disabled) $("eta").value = 0;
   writeHelp();
 }
 
@@ -183,8 +184,8 @@ function writeHelp() {
   const T = info.num_timesteps;
   const ranges = {
     sampler: info.samplers.join(", "),
-    steps: $("steps").disabled ? `always ${T} for ddpm` : `1–${T}`,
-    eta: $("eta").disabled ? "ddim only" : "0–1",
+    steps: $("steps").disabled ? `always ${T} for ${$("sampler").value}` : `1–${T}`,
+    eta: $("eta").disabled ? `${info.eta_samplers.join(" and ")} only` : "0–1",
     guidance_scale: "0 or more; the recipe uses 5",
     guidance_interval: `0–${T}; both empty: every step`,
     seed: `0–${info.seed_max}`,
@@ -208,7 +209,7 @@ function readGenerateForm() {
   const body = {
     model,
     sampler: $("sampler").value,
-    steps: $("sampler").value === "ddpm" ? null : readNumber($("steps"), "Steps"),
+    steps: $("steps").disabled ? null : readNumber($("steps"), "Steps"),
     eta: $("eta").disabled ? 0 : readNumber($("eta"), "η"),
   };
   if (model === "time") {
