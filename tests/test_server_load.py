@@ -204,8 +204,9 @@ CLIENTS = (
 
 def test_fifty_clients_at_once(server):
     assert len(CLIENTS) == 50
-    warm_up = request(server.port, "POST", "/api/generate", GENERATE)
-    assert [get_info(server).status, exchange(server.port, warm_up).status] == [200, 200]
+    warm_up = [request(server.port, "POST", f"/api/{path}", body) for path, body in
+               (("generate", GENERATE), ("denoise", DENOISE))]  # fmt: skip
+    assert [exchange(server.port, data).status for data in warm_up] == [200, 200]
     time.sleep(0.5)  # the warm-up generation finishes
     Path(f"/proc/{server.process.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
     before = server.status()

@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import re
+import socket
 import threading
 import time
 import urllib.error
@@ -33,6 +34,7 @@ from PIL import Image
 from diffumnist.app import (
     BusyError,
     DemoServer,
+    Job,
     Worker,
     make_server,
     parse_denoise,
@@ -531,3 +533,27 @@ def test_downloads_refuse_a_scale_not_offered(server):
     )
     with urllib.request.urlopen(f"{base}?scale=2", timeout=10) as reply:
         assert Image.open(io.BytesIO(reply.read())).size == (56, 56)
+
+
+def test_a_job_stopped_in_line_never_starts():
+    worker, release = Worker(max_queued=1), threading.Event()
+    worker.submit(lambda: release.wait(10))
+    job = Job()
+    worker.submit(lambda: job.run(lambda job: {"ran": True}))
+    job.cancelled.set()
+    release.set()
+    assert [name for name, _ in job.follow()] == ["cancelled"]
+    worker.stop()
+
+
+def test_a_reader_that_leaves_the_stream_cancels_its_job(server):
+    recipe = {"digits": [1], "sampler": "ddpm", "guidance_interval": None}  # 300 steps
+    job = server.app.start_generation(recipe)
+    port = server.server_address[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"GET /api/jobs/{job.id}/events HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.0 200")
+    events = [name for name, _ in job.follow()]  # ends once the server noticed
+    assert events[-1] == "cancelled" and events.count("frame") < 300
