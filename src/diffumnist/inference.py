@@ -3,7 +3,7 @@
 In eval mode a BatchNorm is a fixed per-channel affine map, y = γ·(x − μ)/√(σ² + ε) + β,
 so when it directly follows a convolution it can be folded into that convolution's weight
 and bias (Ioffe & Szegedy 2015, §3.2; the "conv-BN fusion" of every inference runtime).
-The recipe's UNet has 21 such pairs (Conv2d → BN and ConvTranspose2d → BN); folding them
+The recipe's UNet has 17 such pairs (Conv2d → BN and ConvTranspose2d → BN); folding them
 saves one full read and write of every activation per pair.
 """
 
