@@ -53,7 +53,7 @@ MAX_SIGMA = 2.0
 MAX_BODY_BYTES = 16_384  # a drawn digit (784 numbers) fits several times over
 KEEP_JOBS = 8  # recent generations whose frames and downloads stay available
 DENOISE_WAIT_S = 300.0  # a denoise request gives up after waiting this long in line
-DOWNLOAD_SCALES = ("1", "2", "4", "8")
+DOWNLOAD_SCALES = ("1", "2", "4")  # an 8x GIF of ten digits takes seconds to encode
 LOOPBACK = ("127.0.0.1", "localhost")
 TRAINED_SIGMA = recipe("denoiser").sigma  # the noise level the shipped denoiser learned
 # Sampling settings the page may send; precision stays SamplingConfig's default (auto).

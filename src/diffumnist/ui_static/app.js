@@ -117,6 +117,9 @@ function setupGenerateForm() {
     radio.addEventListener("change", onModelChange);
   }
   $("generate").addEventListener("click", generate);
+  $("panel-generate").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && event.target.matches("input")) generate();
+  });
   $("stop").addEventListener("click", stop);
   $("scrubber").addEventListener("input", () => showFrame(shownTimeline[$("scrubber").value]));
   $("download-scale").addEventListener("change", updateDownloads);
