@@ -334,6 +334,9 @@ def test_narrow_layout_has_no_overflow(browser, server, width, tmp_path):
     page.click("#digits-all")
     generate(page)
     screenshot(page, tmp_path / f"generate-{width}.png")
+    for view in ("#view-xt", "#view-x0", "#final"):  # ten digits in two rows of five
+        shown = page.eval_on_selector(view, "img => img.getBoundingClientRect().width")
+        assert shown / 5 >= 56, (view, shown)  # two MNIST pixels per screen pixel at least
     layout = page.evaluate(OVERFLOW)
     assert layout["wide"] == [] and layout["scrollWidth"] <= width, layout
     page.click("#tab-denoise")
