@@ -35,7 +35,7 @@ def make_checkpoint(tmp_path):
     """Write a randomly initialised, seeded checkpoint of `kind`; returns its path."""
     from diffumnist.checkpoint import Checkpoint, save_checkpoint
     from diffumnist.config import ModelConfig
-    from diffumnist.nets import build_net
+    from diffumnist.kinds import build_net
 
     def make(kind: str, hidden_dim: int = 4, num_timesteps: int = 5) -> Path:
         torch.manual_seed(0)

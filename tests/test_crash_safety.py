@@ -196,16 +196,12 @@ def test_resume_drops_a_half_written_log_line_and_orphan_temp_files(tmp_path, da
     config = TrainConfig(kind="class", hidden_dim=4, num_timesteps=5, subset=128, batch_size=64,
                          epochs=2, preview_every=0, precision="fp32", device="cpu")  # fmt: skip
     Trainer(config, tmp_path / "straight", data_dir).run()
-    crashing = Trainer(config, tmp_path / "run", data_dir)
-    original_step, calls = crashing._step, {"n": 0}
 
-    def crash_in_epoch_two(*args):
-        calls["n"] += 1
-        if calls["n"] == 4:
+    def crash_in_epoch_two(state):
+        if state.step == 3:  # the fourth step, the second of epoch two
             raise KeyboardInterrupt
-        return original_step(*args)
 
-    crashing._step = crash_in_epoch_two
+    crashing = Trainer(config, tmp_path / "run", data_dir, before_step=crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         crashing.run()
     run = tmp_path / "run"

@@ -31,7 +31,7 @@ from diffumnist.checkpoint import load_checkpoint
 from diffumnist.cli import main
 from diffumnist.config import ConfigError, TrainConfig
 from diffumnist.distributed import World, check_gpus_for
-from diffumnist.nets import build_net
+from diffumnist.kinds import build_net
 from diffumnist.train import CHECKPOINT_NAME, Trainer
 
 # 200 images in batches of 63: 63, 63, 63, 11, so the ranks' shares are uneven (32/31, 6/5)
@@ -137,15 +137,12 @@ def test_nproc_resumes_a_single_process_run_and_finishes_it_alike(
     restore the checkpoint, rank 0 drops the log lines past it, and the run ends as the
     uninterrupted one did (the generator state does not depend on the number of ranks)."""
     run_dir = tmp_path / "run"
-    crashing = Trainer(CONFIG, run_dir, data_dir)
-    original_step = crashing._step
 
-    def crash_in_epoch_two(state, *args):
+    def crash_in_epoch_two(state):
         if state.step == 6:
             raise KeyboardInterrupt
-        return original_step(state, *args)
 
-    crashing._step = crash_in_epoch_two
+    crashing = Trainer(CONFIG, run_dir, data_dir, before_step=crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         crashing.run()
     assert load_checkpoint(run_dir / CHECKPOINT_NAME).meta["step"] == 4
@@ -251,3 +248,19 @@ def test_a_killed_rank_stops_the_run_with_one_line_and_leaves_no_orphans(tmp_pat
     assert err.strip().splitlines()[-1] == "diffumnist: rank 1 was killed by signal 9"
     for pid in ranks:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_the_launcher_was_checked_against_this_torch():
+    """launch() drives torchrun's internals; they must still exist and be re-read on upgrade."""
+    import inspect
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException  # noqa: F401
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    from diffumnist.launcher import CHECKED_WITH_TORCH
+
+    assert ".".join(torch.__version__.split(".")[:2]) == CHECKED_WITH_TORCH
+    assert "failures" in inspect.signature(ChildFailedError).parameters
+    args = parse_args(["--standalone", "--nproc_per_node=2", "-m", "diffumnist"])
+    assert args.nproc_per_node == "2" and args.module and callable(run)

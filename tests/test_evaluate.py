@@ -17,6 +17,7 @@ from diffumnist.evaluate import (
     save_npz,
     score_samples,
 )
+from diffumnist.sampling import SamplingConfig
 
 
 def test_shipped_judge_reaches_its_stated_accuracy(data_dir):
@@ -64,9 +65,10 @@ def test_npz_round_trip_and_bad_files(tmp_path):
 
 
 def test_generate_is_balanced_and_reproducible_across_batch_splits(tiny_class_model):
-    a, labels = generate(tiny_class_model, 20, batch_size=10, seed=3, progress=False)
+    config = SamplingConfig(seed=3)
+    a, labels = generate(tiny_class_model, 20, config, batch_size=10, progress=False)
     assert a.shape == (20, 28, 28) and labels.tolist() == [i % 10 for i in range(20)]
-    b, _ = generate(tiny_class_model, 20, batch_size=10, seed=3, progress=False)
+    b, _ = generate(tiny_class_model, 20, config, batch_size=10, progress=False)
     assert torch.equal(a, b)
 
 

@@ -183,7 +183,7 @@ def test_fuzzed_sample_flags_fail_cleanly(argv, class_ckpt, tmp_path, monkeypatc
 def test_fuzzed_train_flags_fail_cleanly(kind, argv, tmp_path, monkeypatch, capsys):
     """Parsing and validation for real (the --nproc checks too); the training loop and the
     launch of ranks are stubbed out."""
-    monkeypatch.setattr(cli.Trainer, "run", lambda trainer: trainer.run_dir / "stub")
+    monkeypatch.setattr(cli.Trainer, "run", lambda trainer: trainer.folder.path / "stub")
     monkeypatch.setattr(cli, "launch", lambda nproc, argv: None)
     code = cli.main(["train", kind, "--out", str(tmp_path / "run"), *argv])
     _assert_clean(code, capsys.readouterr().err)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from diffumnist.config import ModelConfig
-from diffumnist.nets import ClassConditionalUNet, TimeConditionalUNet, UnconditionalUNet, build_net
+from diffumnist.kinds import build_net
+from diffumnist.nets import ClassConditionalUNet, TimeConditionalUNet, UnconditionalUNet
 
 
 def test_unconditional_unet_keeps_shape():

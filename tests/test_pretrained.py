@@ -11,15 +11,14 @@ from diffumnist.config import ConfigError
 from diffumnist.data import load_split, to_unit
 from diffumnist.evaluate import generate
 from diffumnist.metrics import class_balance
+from diffumnist.sampling import SamplingConfig
 
 
 @pytest.mark.slow
 def test_class_model_draws_the_requested_digits():
     """200 guided digits (γ = 5, DPM-Solver++ 20 steps): the judge reads >= 97 % right."""
-    images, labels = generate(
-        load_pretrained("class"), 200, guidance_scale=5.0, sampler="dpmpp", steps=20,
-        precision="bf16", progress=False,
-    )  # fmt: skip
+    config = SamplingConfig(guidance_scale=5.0, sampler="dpmpp", steps=20, precision="bf16")
+    images, labels = generate(load_pretrained("class"), 200, config, progress=False)
     predicted, _ = classify(load_classifier()[0], images)
     assert (predicted == labels).float().mean() >= 0.97
 
@@ -27,9 +26,8 @@ def test_class_model_draws_the_requested_digits():
 @pytest.mark.slow
 def test_time_model_draws_all_ten_digits():
     """200 unconditional samples spread over the digits (entropy near log2 10 = 3.32 bits)."""
-    images, _ = generate(
-        load_pretrained("time"), 200, sampler="dpmpp", steps=20, precision="bf16", progress=False
-    )
+    config = SamplingConfig(sampler="dpmpp", steps=20, precision="bf16")
+    images, _ = generate(load_pretrained("time"), 200, config, progress=False)
     predicted, _ = classify(load_classifier()[0], images)
     balance = class_balance(predicted)
     assert balance["entropy_bits"] > 3.0 and min(balance["histogram"]) > 0

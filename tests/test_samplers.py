@@ -38,8 +38,8 @@ def oracle_eps_fn(diffusion: GaussianDiffusion, record: list[torch.Tensor] | Non
     """
     x0_target = torch.rand(SHAPE, generator=torch.Generator().manual_seed(0))
 
-    def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        step = int(t[0])
+    def eps_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        step = t
         wobble = torch.randn(SHAPE, generator=torch.Generator().manual_seed(step))
         eps = diffusion.predict_eps_from_x0(x_t, t, x0_target) + 0.1 * wobble
         if record is not None:
@@ -61,7 +61,7 @@ def run_ours(sampler, diffusion, steps, eta=0.0, seed=1):
     return x_T, eps_seen, infos
 
 
-def diffusers_scheduler(name: str, steps: int):
+def diffusers_scheduler(name: str, steps: int, algorithm: str = "dpmsolver++"):
     """diffusers configured to our schedule: linear 1e-4 → 0.02, T = 300, trailing, no clip."""
     diffusers = pytest.importorskip("diffusers")
     common = dict(
@@ -72,7 +72,7 @@ def diffusers_scheduler(name: str, steps: int):
         scheduler = diffusers.DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
     else:
         scheduler = diffusers.DPMSolverMultistepScheduler(
-            **common, algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+            **common, algorithm_type=algorithm, solver_order=2, solver_type="midpoint",
             thresholding=False, final_sigmas_type="zero",
         )  # fmt: skip
     scheduler.set_timesteps(steps)
@@ -120,6 +120,28 @@ def test_dpmpp_agrees_with_diffusers(diffusion, steps):
     assert x.abs().max() < 3
 
 
+@pytest.mark.parametrize("steps", [1, 2, 10, 20, 40])
+def test_dpmpp_sde_agrees_with_diffusers(diffusion, steps):
+    """η = 1 is diffusers' sde-dpmsolver++ (2M, midpoint), fed the same noise per step."""
+    x, eps_seen, infos = run_ours(dpmpp_sample, diffusion, steps, eta=1.0, seed=9)
+    scheduler = diffusers_scheduler("dpmpp", steps, algorithm="sde-dpmsolver++")
+    noise_source = torch.Generator().manual_seed(9)  # ours draws one N(0, I) per step but the last
+    for i, k in enumerate(scheduler.timesteps):
+        noise = torch.randn(SHAPE, generator=noise_source) if i < steps - 1 else None
+        x = scheduler.step(eps_seen[i], k, x, variance_noise=noise).prev_sample
+        torch.testing.assert_close(infos[i].x_prev, x, atol=ATOL, rtol=RTOL,
+                                   msg=f"x_prev differs at step {i}")  # fmt: skip
+    assert x.abs().max() < 3
+
+
+def test_dpmpp_eta_zero_is_the_ode_bit_for_bit(diffusion):
+    *_, ode = run_ours(dpmpp_sample, diffusion, steps=12)
+    *_, eta_zero = run_ours(dpmpp_sample, diffusion, steps=12, eta=0.0, seed=99)
+    *_, sde = run_ours(dpmpp_sample, diffusion, steps=12, eta=0.5)
+    assert all(torch.equal(a.x_prev, b.x_prev) for a, b in zip(ode, eta_zero, strict=True))
+    assert not torch.equal(ode[-1].x_prev, sde[-1].x_prev)
+
+
 def test_dpmpp_last_step_returns_the_data_prediction(diffusion):
     """At σ_0 = 0 the update is x̂0 itself (h = ∞)."""
     *_, infos = run_ours(dpmpp_sample, diffusion, steps=5)
@@ -156,7 +178,7 @@ def test_ddim_eta_one_at_full_steps_samples_the_posterior():
     posterior_variance = (betas * (1 - ab_prev) / (1 - ab)).float()
     noise_source, x_t = torch.Generator().manual_seed(4), x_T
     for info, t in zip(ddim, range(20, 0, -1), strict=True):
-        x0_pred = small.predict_x0_from_eps(x_t, t, eps_fn(x_t, torch.tensor([t])))
+        x0_pred = small.predict_x0_from_eps(x_t, t, eps_fn(x_t, t))
         noise = torch.randn(SHAPE, generator=noise_source)
         x_t = small.q_posterior_mean(x0_pred, x_t, t) + posterior_variance[t - 1].sqrt() * noise
         torch.testing.assert_close(info.x_prev, x_t, atol=1e-5, rtol=1e-5, msg=f"t={t}")

@@ -7,7 +7,14 @@ import torch
 
 from diffumnist.config import ConfigError, ModelConfig
 from diffumnist.models import DiffusionModel
-from diffumnist.sampling import ddpm_sample, make_eps_fn
+from diffumnist.sampling import (
+    PRESETS,
+    SamplingConfig,
+    ddpm_sample,
+    make_eps_fn,
+    network_evaluations,
+    spaced_timesteps,
+)
 
 
 def test_the_original_call_works(tiny_class_model):
@@ -44,7 +51,7 @@ def test_guidance_scale_one_is_plain_conditional_sampling(tiny_class_model):
     onehot = torch.nn.functional.one_hot(torch.tensor([3, 4]), 10).float()
 
     def conditional(x_t, t):
-        return model.net(x_t, model.diffusion.time_fraction(t), onehot)
+        return model.net(x_t, model.diffusion.time_fraction(torch.full((2,), t)), onehot)
 
     x_T = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     plain = ddpm_sample(conditional, x_T, model.diffusion, torch.Generator().manual_seed(1))
@@ -57,11 +64,11 @@ def test_guidance_combines_branches_in_one_batch(tiny_class_model):
     """ε = ε_u + γ(ε_c − ε_u), checked against two separate forward passes."""
     model = tiny_class_model
     onehot = torch.nn.functional.one_hot(torch.tensor([2]), 10).float()
-    x, t = torch.randn(1, 1, 28, 28), torch.tensor([10])
-    frac = model.diffusion.time_fraction(t)
+    x = torch.randn(1, 1, 28, 28)
+    frac = model.diffusion.time_fraction(torch.tensor([10]))
     eps_c = model.net(x, frac, onehot)
     eps_u = model.net(x, frac, torch.zeros_like(onehot))
-    guided = make_eps_fn(model.net, model.diffusion, onehot, 5.0)(x, t)
+    guided = make_eps_fn(model.net, model.diffusion, onehot, 5.0)(x, 10)
     torch.testing.assert_close(guided, eps_u + 5.0 * (eps_c - eps_u), atol=1e-5, rtol=1e-4)
 
 
@@ -90,3 +97,70 @@ def test_time_model_takes_a_count():
     assert samples.shape == (3, 1, 28, 28)
     with pytest.raises(ConfigError):
         model.sample(n=0)
+
+
+def test_a_guidance_interval_over_all_steps_changes_nothing(tiny_class_model):
+    everywhere, _ = tiny_class_model.sample([3, 7], seed=5, sampler="dpmpp", steps=8)
+    interval, _ = tiny_class_model.sample(
+        [3, 7], seed=5, sampler="dpmpp", steps=8, guidance_interval=(0, 20)
+    )
+    assert torch.equal(everywhere, interval)
+
+
+def test_outside_the_guidance_interval_only_the_class_branch_runs(tiny_class_model):
+    """γ applies for lo < t <= hi; elsewhere ε is ε_c alone (one network call, not two)."""
+    model = tiny_class_model
+    onehot = torch.nn.functional.one_hot(torch.tensor([2, 6]), 10).float()
+    guided = make_eps_fn(model.net, model.diffusion, onehot, 5.0, guidance_interval=(5, 12))
+    conditional = make_eps_fn(model.net, model.diffusion, onehot, 1.0)
+    always = make_eps_fn(model.net, model.diffusion, onehot, 5.0)
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    for t in (1, 5, 13, 20):
+        assert torch.equal(guided(x, t), conditional(x, t)), t
+    for t in (6, 12):
+        assert torch.equal(guided(x, t), always(x, t)), t
+
+
+def test_network_evaluations_count_both_branches_only_inside_the_interval():
+    config = SamplingConfig(sampler="dpmpp", steps=20, guidance_interval=(30, 180))
+    visited = spaced_timesteps(300, 20)  # 300, 285, ..., 15
+    inside = sum(30 < t <= 180 for t in visited)
+    assert network_evaluations(config, 300, guided=True) == 20 + inside == 30
+    assert network_evaluations(config, 300, guided=False) == 20
+    assert network_evaluations(SamplingConfig(), 300, guided=True) == 600
+
+
+def test_presets_resolve_to_their_settings_and_explicit_values_win(tiny_class_model):
+    assert SamplingConfig.from_preset("recipe") == SamplingConfig()
+    assert SamplingConfig().sampler == "ddpm" and SamplingConfig().guidance_scale == 5.0
+    fast = SamplingConfig.from_preset("fast", seed=3)
+    assert (fast.sampler, fast.seed) == (PRESETS["fast"].sampler, 3)
+    assert SamplingConfig.from_preset("fast", guidance_scale=2.0).guidance_scale == 2.0
+    # a new sampler drops the preset's sampler-specific steps
+    assert SamplingConfig.from_preset("fast", sampler="ddpm").steps is None
+    with pytest.raises(ConfigError, match="preset must be one of"):
+        SamplingConfig.from_preset("fastest")
+    # (the tiny model has T = 20, so the preset's interval is replaced)
+    a, _ = tiny_class_model.sample([1], preset="fast", seed=2, guidance_interval=(3, 12))
+    b, _ = tiny_class_model.generate([1], fast.replace(seed=2, guidance_interval=(3, 12)))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("interval", "message"),
+    [
+        ((180, 30), "LO < HI"),
+        ((-1, 30), "LO >= 0"),
+        ((1.5, 30), "whole timesteps"),
+        ((30,), "two whole"),
+        ("30,180", "two whole"),
+    ],
+)
+def test_bad_guidance_intervals_are_one_line_errors(interval, message):
+    with pytest.raises(ConfigError, match=message):
+        SamplingConfig(guidance_interval=interval)
+
+
+def test_an_interval_past_T_is_refused_for_that_model(tiny_class_model):
+    with pytest.raises(ConfigError, match=r"within 0\.\.20"):
+        tiny_class_model.sample([1], guidance_interval=(5, 30))

@@ -9,6 +9,7 @@ import torch
 
 from diffumnist.checkpoint import load_checkpoint
 from diffumnist.config import TrainConfig
+from diffumnist.kinds.class_conditioned import ClassConditioned
 from diffumnist.train import CHECKPOINT_NAME, Trainer, TrainingError
 
 
@@ -54,17 +55,11 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, data_
     config = tiny_config(kind=kind, ema_decay=0.9)
     Trainer(config, tmp_path / "straight", data_dir).run()
 
-    crashing = Trainer(config, tmp_path / "crashed", data_dir)
-    original_step = crashing._step
-    calls = {"n": 0}
-
-    def crash_mid_epoch_two(*args):
-        calls["n"] += 1
-        if calls["n"] == 5:  # epoch 1 is checkpointed, epoch 2 is half done
+    def crash_mid_epoch_two(state):
+        if state.step == 4:  # epoch 1 (3 steps) is checkpointed, epoch 2 is half done
             raise KeyboardInterrupt
-        return original_step(*args)
 
-    crashing._step = crash_mid_epoch_two
+    crashing = Trainer(config, tmp_path / "crashed", data_dir, before_step=crash_mid_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         crashing.run()
     assert load_checkpoint(tmp_path / "crashed" / CHECKPOINT_NAME).meta["epoch"] == 1
@@ -82,16 +77,17 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, data_
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
-    trainer = Trainer(tiny_config(), tmp_path / "run", data_dir)
-    original_loss = trainer._loss
-    calls = {"n": 0}
+    class Diverging(ClassConditioned):
+        """The class model's objective, turning NaN from the fifth step on."""
 
-    def loss_turning_nan(*args):
-        calls["n"] += 1
-        loss = original_loss(*args)
-        return loss * float("nan") if calls["n"] > 4 else loss
+        calls = 0
 
-    trainer._loss = loss_turning_nan
+        def loss(self, *args):
+            Diverging.calls += 1
+            loss = super().loss(*args)
+            return loss * float("nan") if Diverging.calls > 4 else loss
+
+    trainer = Trainer(tiny_config(), tmp_path / "run", data_dir, kind=Diverging())
     with pytest.raises(TrainingError, match="nan"):
         trainer.run()
     ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)

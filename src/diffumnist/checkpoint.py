@@ -10,8 +10,6 @@ it is written to a temporary file, fsynced, then renamed over the target.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from diffumnist.config import ConfigError, ModelConfig
+from diffumnist.files import write_atomic
 
 FORMAT = "diffumnist/1"
 # What a checkpoint (a file from anywhere) may ask us to allocate: far above the recipe's
@@ -39,9 +38,12 @@ class CheckpointError(ConfigError):
 
 @dataclass
 class Checkpoint:
-    """The contents of a checkpoint file. Only `model_config` and `weights` are required."""
+    """The contents of a checkpoint file. Only `model_config` and `weights` are required.
 
-    model_config: ModelConfig
+    `model_config` is None for a network that is not one of the diffusion kinds (the judge).
+    """
+
+    model_config: ModelConfig | None
     weights: dict[str, torch.Tensor]
     ema_weights: dict[str, torch.Tensor] | None = None
     optimizer: dict[str, Any] | None = None  # torch optimizer state_dict
@@ -91,38 +93,11 @@ def _strip(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def remove_partial_writes(path: Path) -> None:
-    """Delete temp files a killed `write_atomic(path, ...)` left behind; `path` is untouched."""
-    for leftover in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
-        leftover.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to `path` so that a crash leaves either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide outputs from other users
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def save_checkpoint(path: Path | str, ckpt: Checkpoint) -> None:
     """Serialise `ckpt` to one safetensors file, atomically."""
     tensors = _prefixed("model.", ckpt.weights)
-    header: dict[str, Any] = {"model_config": ckpt.model_config.to_dict(), "meta": ckpt.meta}
+    model_config = ckpt.model_config.to_dict() if ckpt.model_config is not None else None
+    header: dict[str, Any] = {"model_config": model_config, "meta": ckpt.meta}
     if ckpt.ema_weights is not None:
         tensors.update(_prefixed("ema.", ckpt.ema_weights))
     if ckpt.optimizer is not None:
@@ -155,8 +130,10 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         if metadata.get("format") != FORMAT:
             raise ValueError("not a DiffuMNIST checkpoint")
         header = json.loads(metadata["header"])
-        model_config = ModelConfig.from_dict(header["model_config"])
-        check_model_size(model_config)
+        model_config = None
+        if header["model_config"] is not None:
+            model_config = ModelConfig.from_dict(header["model_config"])
+            check_model_size(model_config)
         optimizer = None
         if header.get("optimizer") is not None:
             optim_tensors = {k: v for k, v in tensors.items() if k.startswith("optim.")}

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from diffumnist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from diffumnist.config import ConfigError, ModelConfig
+from diffumnist.config import ConfigError
 from diffumnist.data import iterate_batches, load_split, to_unit
 from diffumnist.pretrained import shipped_weights
 
@@ -88,11 +88,8 @@ def train_classifier(
     weights = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     accuracy = accuracy_on_test_split(net, data_dir)
-    config = ModelConfig(kind="class", hidden_dim=FEATURE_DIM)  # header slot; kind unused
-    save_checkpoint(
-        out_path,
-        Checkpoint(config, weights, meta={"judge": True, "test_accuracy": accuracy, "seed": seed}),
-    )
+    meta = {"judge": True, "test_accuracy": accuracy, "seed": seed}
+    save_checkpoint(out_path, Checkpoint(None, weights, meta=meta))
     return accuracy
 
 

@@ -2,8 +2,8 @@
 
 `ModelConfig` travels inside every checkpoint so `load(path)` rebuilds the network and its
 noise schedule with no flags (the nanoGPT habit). `TrainConfig` holds the recipe of
-SPEC.md; `recipe(kind)` returns it for each of the three models, and the CLI's flags are
-generated from its fields, so a default is written exactly once.
+SPEC.md; each model kind (kinds/) holds its recipe values, `recipe(kind)` returns the filled
+config, and the CLI's flags are generated from its fields, so a default is written once.
 """
 
 from __future__ import annotations
@@ -15,12 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-ModelKind = Literal["denoiser", "time", "class"]
 Precision = Literal["auto", "fp32", "bf16"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 BatchNormMode = Literal["global", "local"]
-
-MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 
 
 class ConfigError(ValueError):
@@ -59,7 +56,7 @@ class ModelConfig:
     checkpoint has the same shape.
     """
 
-    kind: ModelKind = "class"
+    kind: str = "class"  # a name in kinds.KINDS
     hidden_dim: int = 64
     num_classes: int = 10
     num_timesteps: int = 300
@@ -67,7 +64,9 @@ class ModelConfig:
     beta_end: float = 0.02
 
     def __post_init__(self) -> None:
-        check_choice("kind", self.kind, MODEL_KINDS)
+        from diffumnist.kinds import get_kind  # kinds build on this module
+
+        get_kind(self.kind)
         if not isinstance(self.hidden_dim, int) or self.hidden_dim < 1:
             raise ConfigError(f"hidden_dim must be a positive integer; got {self.hidden_dim!r}")
         if not isinstance(self.num_timesteps, int) or self.num_timesteps < 1:
@@ -84,11 +83,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ConfigError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return cls(**_known_fields(cls, data, "model config"))
+
+
+def _known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    """`data` checked to name only fields of the dataclass `cls` (a ConfigError otherwise)."""
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(f"unknown {what} keys: {', '.join(sorted(unknown))}")
+    return data
 
 
 def _flag(help_text: str, default: Any = None) -> Any:
@@ -99,12 +102,12 @@ def _flag(help_text: str, default: Any = None) -> Any:
 class TrainConfig:
     """A training run. `None` in a recipe field means "the recipe's value for this kind"."""
 
-    kind: ModelKind = _flag("which model to train", "class")
-    hidden_dim: int = _flag("hidden channels D of the UNet (recipe: 128 denoiser, 64 DDPMs)")
-    epochs: int = _flag("passes over the training split (recipe: 5 denoiser, 20 DDPMs)")
-    batch_size: int = _flag("images per step (recipe: 256 denoiser, 128 DDPMs)")
-    lr: float = _flag("Adam learning rate (recipe: 1e-4 denoiser, 1e-3 DDPMs)")
-    lr_gamma: float = _flag(
+    kind: str = _flag("which model to train", "class")
+    hidden_dim: int | None = _flag("hidden channels D of the UNet (recipe: 128 denoiser, 64 DDPMs)")
+    epochs: int | None = _flag("passes over the training split (recipe: 5 denoiser, 20 DDPMs)")
+    batch_size: int | None = _flag("images per step (recipe: 256 denoiser, 128 DDPMs)")
+    lr: float | None = _flag("Adam learning rate (recipe: 1e-4 denoiser, 1e-3 DDPMs)")
+    lr_gamma: float | None = _flag(
         "ExponentialLR factor per epoch (recipe: 1 denoiser, 0.1**(1/epochs) DDPMs)"
     )
     sigma: float = _flag("noise level of the single-step denoiser", 0.5)
@@ -114,8 +117,8 @@ class TrainConfig:
     beta_end: float = _flag("last beta of the linear schedule", 0.02)
     ema_decay: float = _flag("keep an EMA copy of the weights with this decay (0 = off)", 0.0)
     seed: int = _flag("seed for initialisation, shuffling and noise", 0)
-    subset: int = _flag("train on only the first N training images (quick runs)")
-    max_steps: int = _flag("stop after this many optimizer steps (quick runs)")
+    subset: int | None = _flag("train on only the first N training images (quick runs)")
+    max_steps: int | None = _flag("stop after this many optimizer steps (quick runs)")
     precision: Precision = _flag("auto = bf16 autocast where the hardware has it", "auto")
     device: DeviceName = _flag("where to train", "auto")
     preview_every: int = _flag("save a small sample grid every N epochs (0 = never)", 1)
@@ -128,22 +131,19 @@ class TrainConfig:
     )
 
     def resolved(self) -> TrainConfig:
-        """Fill recipe defaults and validate; returns a new config."""
-        check_choice("kind", self.kind, MODEL_KINDS)
-        is_denoiser = self.kind == "denoiser"
-        epochs = self.epochs if self.epochs is not None else (5 if is_denoiser else 20)
-        filled = dataclasses.replace(
-            self,
-            hidden_dim=self.hidden_dim or (128 if is_denoiser else 64),
-            epochs=epochs,
-            batch_size=self.batch_size or (256 if is_denoiser else 128),
-            lr=self.lr if self.lr is not None else (1e-4 if is_denoiser else 1e-3),
-            lr_gamma=self.lr_gamma
-            if self.lr_gamma is not None
-            else (1.0 if is_denoiser else 0.1 ** (1 / max(epochs, 1))),
-        )
-        filled.validate()
-        return filled
+        """Fill the kind's recipe values where a field is None, and validate; a new config."""
+        from diffumnist.kinds import get_kind  # kinds build on this module
+
+        recipe = get_kind(self.kind).recipe
+        filled = {
+            name: getattr(self, name) if getattr(self, name) is not None else default
+            for name, default in recipe.items()
+        }
+        if filled["lr_gamma"] is None:  # a tenfold decay over the run
+            filled["lr_gamma"] = 0.1 ** (1 / max(filled["epochs"], 1))
+        resolved = dataclasses.replace(self, **filled)
+        resolved.validate()
+        return resolved
 
     def validate(self) -> None:
         check_choice("precision", self.precision, get_args(Precision))
@@ -186,10 +186,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**_known_fields(cls, data, "training config"))
 
 
-def recipe(kind: ModelKind) -> TrainConfig:
+def recipe(kind: str) -> TrainConfig:
     """The SPEC.md recipe for one of the three models, fully resolved."""
     return TrainConfig(kind=kind).resolved()

@@ -116,6 +116,14 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float().div_(255.0)
 
 
+def add_noise(clean: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """clean + σ·ε with ε ~ N(0, I) drawn on the CPU generator (the same on every device):
+    the single-step denoiser's corruption, used for its training previews, figures,
+    evaluation and the UI."""
+    noise = torch.randn(clean.shape, generator=generator)
+    return clean + sigma * noise.to(clean.device)
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float (N, 1, H, W) in roughly [0, 1] -> uint8 (N, H, W), clamped and rounded."""
     return images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).squeeze(1).cpu()

@@ -53,11 +53,17 @@ class GaussianDiffusion(nn.Module):
         return cls(config.num_timesteps, config.beta_start, config.beta_end)
 
     def _at(self, values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-        """values[t - 1] shaped to broadcast over `like` (N, C, H, W)."""
-        t = torch.as_tensor(t, device=values.device).long().reshape(-1)
-        if bool(((t < 1) | (t > self.num_timesteps)).any()):
-            raise ValueError(f"timesteps must lie in 1..{self.num_timesteps}")
-        return values[t - 1].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+        """values[t - 1] shaped to broadcast over `like` (N, C, H, W).
+
+        An integer t (what samplers pass) is checked here, in Python; a tensor of timesteps
+        (training's draw) is not, since checking it would wait for the device every step:
+        `sample_timesteps` draws valid ones by construction.
+        """
+        if isinstance(t, int):
+            if not 1 <= t <= self.num_timesteps:
+                raise ValueError(f"timesteps must lie in 1..{self.num_timesteps}; got {t}")
+            return values[t - 1].to(like.dtype)
+        return values[t.long() - 1].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
     def time_fraction(self, t: torch.Tensor) -> torch.Tensor:
         """What the network sees: t / T as float (N,)."""

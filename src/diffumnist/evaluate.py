@@ -19,43 +19,46 @@ from tqdm import tqdm
 
 from diffumnist.classifier import classify, load_classifier
 from diffumnist.config import ConfigError
-from diffumnist.data import load_split, to_uint8, to_unit
+from diffumnist.data import add_noise, load_split, to_uint8, to_unit
 from diffumnist.distributed import SINGLE_PROCESS, World
+from diffumnist.kinds.base import PREVIEW_SEED
 from diffumnist.metrics import class_balance, fid_from_features, guided_accuracy, precision_recall
 from diffumnist.models import MAX_SAMPLES_PER_CALL, Denoiser, DiffusionModel
+from diffumnist.sampling import PRESETS, SEED_RANGE, SamplingConfig
 
+# The noise levels the single-step denoiser is measured (and pictured) at; it trained at 0.5.
 ROBUSTNESS_SIGMAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 MAX_EVAL_SAMPLES = 60_000
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
-    """Each batch gets its own seed, so any split of the batches reproduces the same set."""
-    return seed * 1_000_003 + batch_index
+    """Each batch gets its own seed, so any split of the batches reproduces the same set.
+
+    Kept in SEED_RANGE; the multiplier is odd, so distinct seeds give distinct first batches.
+    """
+    return (seed * 1_000_003 + batch_index) % SEED_RANGE.stop
 
 
 def generate(
     model: DiffusionModel,
     n: int,
-    guidance_scale: float = 5.0,
-    seed: int = 0,
+    config: SamplingConfig = PRESETS["recipe"],
     batch_size: int = 500,
-    precision: str = "fp32",
     progress: bool = True,
     world: World = SINGLE_PROCESS,
-    **sample_kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n samples as (uint8 images (n, 28, 28), labels (n,)); class model: digits i % 10.
 
     With several ranks each generates a contiguous share of the batches and every rank
-    receives the whole set; batch i is seeded with batch_seed(seed, i) wherever it runs, so
-    the set is the one a single process makes.
+    receives the whole set; batch i is seeded with batch_seed(config.seed, i) wherever it
+    runs, so the set is the one a single process makes.
     """
     if not 1 <= n <= MAX_EVAL_SAMPLES:
         raise ConfigError(f"n must lie in 1..{MAX_EVAL_SAMPLES}; got {n}")
     if not 1 <= batch_size <= MAX_SAMPLES_PER_CALL:  # refuse before the first batch, not in it
         raise ConfigError(f"batch_size must lie in 1..{MAX_SAMPLES_PER_CALL}; got {batch_size}")
-    is_class = model.config.kind == "class"
-    labels = torch.arange(n) % 10 if is_class else torch.full((n,), -1)
+    config.num_steps(model.diffusion.num_timesteps)  # refuse before the first batch too
+    labels = torch.arange(n) % 10 if model.kind.conditional else torch.full((n,), -1)
     starts = range(0, n, batch_size)
     mine = range(len(starts))[world.shard(len(starts))]
     images = []
@@ -63,18 +66,28 @@ def generate(
         mine, desc="sampling", unit="batch", disable=not (progress and world.is_main)
     ):
         batch = labels[starts[index] : starts[index] + batch_size]
-        c, count = (batch, None) if is_class else (None, len(batch))
-        samples, _ = model.sample(
-            c, n=count, guidance_scale=guidance_scale, seed=batch_seed(seed, index),
-            precision=precision, frame_every=10**9, **sample_kwargs,
-        )  # fmt: skip
+        batch_config = config.replace(seed=batch_seed(config.seed, index))
+        c, count = (batch, None) if model.kind.conditional else (None, len(batch))
+        samples, _ = model.generate(c, batch_config, n=count, frame_every=10**9)
         images.append(to_uint8(samples))
     shares = world.all_gather(images)
     return torch.cat([batch for share in shares for batch in share]), labels
 
 
+def training_scores(
+    model: DiffusionModel, n: int, precision: str, data_dir: Path | str | None
+) -> dict[str, float]:
+    """The judge's quick verdict on n recipe samples (fixed seed), as training logs it."""
+    config = SamplingConfig(seed=PREVIEW_SEED, precision=precision)
+    scores = score_samples(*generate(model, n, config, progress=False), data_dir)
+    entry = {"mnist_fid": scores["mnist_fid"], "mnist_fid_floor": scores["mnist_fid_floor"]}
+    if "guided_accuracy" in scores:
+        entry["guided_accuracy"] = scores["guided_accuracy"]["overall"]
+    return entry
+
+
 def save_npz(images: torch.Tensor, labels: torch.Tensor) -> bytes:
-    """The exchange format as bytes (write them with checkpoint.write_atomic)."""
+    """The exchange format as bytes (write them with files.write_atomic)."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, images=images.numpy(), labels=labels.numpy().astype(np.int64))
     return buffer.getvalue()
@@ -144,7 +157,7 @@ def denoiser_robustness(
     seed: int = 0,
     batch_size: int = 1000,
     limit: int | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> list[dict[str, float]]:
     """MSE and PSNR of the denoiser on the test split (its first `limit` digits) at each σ,
     beside the noisy input's."""
@@ -155,7 +168,7 @@ def denoiser_robustness(
         input_error = output_error = 0.0
         for start in range(0, len(clean_all), batch_size):
             clean = to_unit(clean_all[start : start + batch_size])
-            noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
+            noisy = add_noise(clean, sigma, generator)
             input_error += (noisy - clean).square().sum().item()
             output_error += (denoiser.denoise(noisy, precision) - clean).square().sum().item()
         pixels = clean_all.numel()

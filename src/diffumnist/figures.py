@@ -17,12 +17,13 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from diffumnist.config import ConfigError
-from diffumnist.data import load_split, to_unit
+from diffumnist.data import add_noise, load_split, to_unit
+from diffumnist.evaluate import ROBUSTNESS_SIGMAS as SIGMAS
+from diffumnist.kinds import get_kind
 from diffumnist.pretrained import load_pretrained
-from diffumnist.runtime import resolve_precision
+from diffumnist.sampling import SamplingConfig
 from diffumnist.viz import save_gif, save_grid
 
-SIGMAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 EPOCHS_SHOWN = (1, 5, 10, 15, 20)
 GUIDANCE_SCALES = (0.0, 1.0, 3.0, 5.0, 10.0)
 SEED = 42
@@ -78,8 +79,9 @@ def loss_curves(runs: Path, out: Path) -> list[Path]:
 def denoiser_figures(runs: Path, out: Path, data_dir: Path | None) -> list[Path]:
     """Noising at seven σ; epochs 1 and 5 (clean / noisy / denoised); OOD sweep."""
     digit = to_unit(load_split("test", data_dir)[0][:1])  # (1, 1, 28, 28)
-    noise = torch.randn(digit.shape, generator=torch.Generator().manual_seed(SEED))
-    noisy = torch.cat([digit + s * noise for s in SIGMAS])
+    noisy = torch.cat(  # the same noise at every σ
+        [add_noise(digit, s, torch.Generator().manual_seed(SEED)) for s in SIGMAS]
+    )
     fig = Figure(figsize=(8, 1.8))
     ax = fig.subplots()
     _image_row(ax, noisy, "noising at σ = " + ", ".join(map(str, SIGMAS)), nrow=len(SIGMAS))
@@ -110,7 +112,7 @@ def epoch_samples(runs: Path, out: Path) -> list[Path]:
         axes = fig.subplots(1, 2)
         for ax, epoch in zip(axes, (5, 20), strict=True):
             samples = torch.from_numpy(_preview(runs / kind, epoch)["samples"])
-            if kind == "class":  # stored digit-major; show one column per digit
+            if get_kind(kind).conditional:  # stored digit-major; show one column per digit
                 samples = samples.view(10, 4, 1, 28, 28).transpose(0, 1).reshape(40, 1, 28, 28)
             _image_row(ax, samples, f"{kind} model after epoch {epoch}", nrow=10)
         paths.append(_save(fig, out / f"{kind}_samples_epochs.png"))
@@ -126,48 +128,42 @@ def epochs_animation(runs: Path, out: Path) -> Path:
     return path
 
 
-def process_animations(out: Path, sampling: dict) -> list[Path]:
+def process_animations(out: Path, sampling: SamplingConfig) -> list[Path]:
     """The sampler at work: time model (10 samples), class model (digits 0-9)."""
     paths = []
     for kind in ("time", "class"):
         model = load_pretrained(kind)
-        precision = resolve_precision("auto", model.device)
-        c, n = (torch.arange(10), None) if kind == "class" else (None, 10)
-        samples, frames = model.sample(c, n=n, seed=SEED, precision=precision, **sampling)
+        c = torch.arange(10) if model.kind.conditional else None
+        samples, frames = model.generate(
+            c, sampling.replace(seed=SEED), n=None if c is not None else 10
+        )
         save_grid(samples, out / f"{kind}_final.png", nrow=10, scale=2)
         save_gif(frames, out / f"{kind}_process.gif", nrow=10)
         paths += [out / f"{kind}_final.png", out / f"{kind}_process.gif"]
     return paths
 
 
-def guidance_strip(out: Path, sampling: dict) -> Path:
+def guidance_strip(out: Path, sampling: SamplingConfig) -> Path:
     """The same seed at γ = 0, 1, 3, 5, 10: one row per scale, one column per digit."""
     model = load_pretrained("class")
-    precision = resolve_precision("auto", model.device)
     fig = Figure(figsize=(7, 1.3 * len(GUIDANCE_SCALES)))
     axes = fig.subplots(len(GUIDANCE_SCALES), 1)
     for ax, scale in zip(axes, GUIDANCE_SCALES, strict=True):
-        samples, _ = model.sample(
-            torch.arange(10),
-            guidance_scale=scale,
-            seed=SEED,
-            precision=precision,
-            frame_every=10**9,
-            **sampling,
-        )
+        config = sampling.replace(guidance_scale=scale, seed=SEED)
+        samples, _ = model.generate(torch.arange(10), config, frame_every=10**9)
         _image_row(ax, samples, f"γ = {scale:g}", nrow=10)
     return _save(fig, out / "guidance_strip.png")
 
 
 def draw_all(
-    out: Path, runs: Path, data_dir: Path | None = None, sampling: dict | None = None
+    out: Path, runs: Path, data_dir: Path | None = None, sampling: SamplingConfig | None = None
 ) -> list[Path]:
     """Draw every figure into `out`; returns the paths written.
 
-    `sampling` (sampler, steps, eta) applies to the figures drawn from the shipped models;
-    the default is the recipe's DDPM sampler.
+    `sampling` applies to the figures drawn from the shipped models (their seeds and the
+    guidance strip's scales are the figures' own); the default is the recipe.
     """
-    sampling = sampling or {}
+    sampling = sampling or SamplingConfig()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -1,7 +1,8 @@
 """The recipe's UNets, exactly as SPEC.md describes them.
 
-Networks know nothing about noise schedules: the time models take t as the fraction t/T
-already, and the class model takes a one-hot (or all-zero, "no class") vector.
+Networks know nothing about noise schedules or model kinds (each kind in kinds/ picks its
+network): the time models take t as the fraction t/T already, and the class model takes a
+one-hot (or all-zero, "no class") vector.
 All three share `forward(x, t=None, c=None)` so training and sampling code treat them alike.
 """
 
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-from diffumnist.config import ModelConfig
 
 
 def conv(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -139,12 +138,3 @@ class ClassConditionalUNet(TimeConditionalUNet):
             raise ValueError("this network needs a class vector c (zeros for no class)")
         scale = (self.c1 if level == 1 else self.c2)(c.to(h.dtype))
         return super().modulate(scale * h, level, t, c)
-
-
-def build_net(config: ModelConfig) -> nn.Module:
-    """The network a ModelConfig describes, freshly initialised."""
-    if config.kind == "denoiser":
-        return UnconditionalUNet(config.hidden_dim)
-    if config.kind == "time":
-        return TimeConditionalUNet(config.hidden_dim)
-    return ClassConditionalUNet(config.hidden_dim, num_classes=config.num_classes)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from diffumnist.config import MODEL_KINDS, check_choice
+from diffumnist.config import check_choice
+from diffumnist.kinds import KIND_NAMES
 from diffumnist.models import Denoiser, DiffusionModel, load
 
 
@@ -22,7 +23,7 @@ def shipped_weights(name: str) -> Path:
 
 def pretrained_path(kind: str) -> Path:
     """Where the shipped weights of `kind` (denoiser, time or class) live."""
-    check_choice("pretrained model", kind, MODEL_KINDS)
+    check_choice("pretrained model", kind, KIND_NAMES)
     return shipped_weights(kind)
 
 

@@ -1,41 +1,193 @@
-"""The only sampling loops.
+"""The only sampling loops, and the one object that says how to sample.
 
 Every sampler is a free function with one signature (k-diffusion's habit):
 
     sampler(eps_fn, x_T, diffusion, generator, callback=None, *, steps=None, eta=0.0) -> x0
 
-`eps_fn(x_t, t)` returns ε_θ for integer timesteps t (N,), already guided if guidance is
+`eps_fn(x_t, t)` returns ε_θ for the integer timestep t, already guided if guidance is
 wanted (see `make_eps_fn`). `callback(StepInfo)` fires once per step; pictures, GIFs and the
 UI hang off it, so no sampler knows about them. `SAMPLERS` maps each name to its function:
 
 - ddpm: the recipe's Algorithm 2, all T steps (the default everywhere);
 - ddim: Song et al. (2021), any number of steps <= T, `eta` from 0 (deterministic) to 1;
-- dpmpp: DPM-Solver++(2M) of Lu et al. (2022), data prediction, any number of steps <= T.
+- dpmpp: DPM-Solver++(2M) of Lu et al. (2022), data prediction, any number of steps <= T;
+  `eta` > 0 makes it the stochastic DPM-Solver++(2M) SDE (η = 1 is diffusers'
+  `sde-dpmsolver++`), which re-injects noise and corrects the ODE's accumulated errors.
 
 Step spacing ("trailing", Lin et al. 2024, Table 2): S steps visit t_i = round((S − i)·T/S)
 for i = 0 … S−1, then land on t = 0 where ᾱ_0 = 1. The first step is always t = T, where
 x_T ~ N(0, I) belongs; S = T visits every timestep. diffusers' `timestep_spacing="trailing"`
 gives the same steps, shifted by one (its k is our t − 1).
+
+`SamplingConfig` owns every setting of a sampling call and its valid range; the Python API,
+the CLI's flags, the UI, evaluation and the figures are all built from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import operator
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 from torch import nn
 
-from diffumnist.config import ConfigError, check_choice
+from diffumnist.config import ConfigError, Precision, check_choice
 from diffumnist.diffusion import GaussianDiffusion
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 SamplerName = Literal["ddpm", "ddim", "dpmpp"]
 SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
 # Steps used when a fast sampler gets steps=None (capped at T); ddpm always runs T.
 DEFAULT_STEPS: dict[str, int] = {"ddim": 50, "dpmpp": 20}
+# Seeds everywhere (library, CLI, UI): evaluation derives per-batch seeds from them, and
+# seed * 1_000_003 + batch stays far inside torch.Generator's 64-bit range.
+SEED_RANGE = range(2**32)
+
+
+def is_integer(value: object) -> bool:
+    """True for ints and integer-likes (NumPy, 0-d tensors), False for floats and bools."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _setting(default: Any, help_text: str) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to draw samples from a DDPM: the one owner of these settings and their ranges.
+
+    Validated when made (one-line ConfigErrors naming the field and the valid values);
+    `num_steps(T)` adds the checks that need the model's T. The defaults are the recipe.
+    """
+
+    sampler: SamplerName = _setting(
+        "ddpm", "ddpm = the recipe's 300-step ancestral sampler; ddim, dpmpp = faster solvers"
+    )
+    steps: int | None = _setting(
+        None, "sampler steps; ddpm always takes all T, default ddim 50, dpmpp 20"
+    )
+    eta: float = _setting(
+        0.0, "noise of ddim and dpmpp in [0, 1]: 0 = deterministic ODE, 1 = fully stochastic"
+    )
+    guidance_scale: float = _setting(
+        5.0, "classifier-free guidance γ: 1 = the class branch alone, larger = more certain"
+    )
+    guidance_interval: tuple[int, int] | None = _setting(
+        None,
+        "apply γ only for timesteps LO < t <= HI (t counts 1..T from clean to pure noise); "
+        "other steps use the class branch alone (γ = 1); default: every step",
+    )
+    seed: int = _setting(0, f"seed of the initial noise, 0..{SEED_RANGE.stop - 1}")
+    precision: Precision = _setting(
+        "auto", "auto = bf16 autocast where the hardware runs it natively, else fp32"
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("sampler", self.sampler, SAMPLER_NAMES)
+        check_choice("precision", self.precision, get_args(Precision))
+        if self.steps is not None and not (is_integer(self.steps) and self.steps >= 1):
+            raise ConfigError(f"steps must be a positive integer; got {self.steps!r}")
+        if not _is_number(self.eta) or not 0 <= self.eta <= 1:
+            raise ConfigError(f"eta must be a number in [0, 1]; got {self.eta!r}")
+        if self.eta != 0 and self.sampler == "ddpm":
+            raise ConfigError(
+                f"eta applies to the ddim and dpmpp samplers (ddpm is always fully stochastic); "
+                f"got eta={self.eta} for {self.sampler}"
+            )
+        if not _is_number(self.guidance_scale):
+            raise ConfigError(
+                f"guidance_scale must be a finite number; got {self.guidance_scale!r}"
+            )
+        if not is_integer(self.seed) or operator.index(self.seed) not in SEED_RANGE:
+            raise ConfigError(
+                f"seed must be an integer in 0..{SEED_RANGE.stop - 1}; got {self.seed!r}"
+            )
+        object.__setattr__(self, "seed", operator.index(self.seed))
+        if self.steps is not None:
+            object.__setattr__(self, "steps", operator.index(self.steps))
+        object.__setattr__(self, "guidance_interval", _interval(self.guidance_interval))
+
+    def num_steps(self, num_timesteps: int) -> int:
+        """The number of steps this config takes with a model of T = `num_timesteps`.
+
+        Raises ConfigError for settings that do not fit that T.
+        """
+        if self.guidance_interval is not None and self.guidance_interval[1] > num_timesteps:
+            raise ConfigError(
+                f"guidance_interval must lie within 0..{num_timesteps} (T); "
+                f"got {list(self.guidance_interval)}"
+            )
+        if self.sampler == "ddpm":
+            if self.steps not in (None, num_timesteps):
+                raise ConfigError(
+                    f"ddpm always takes all T={num_timesteps} steps; steps must be None or "
+                    f"{num_timesteps} (ddim and dpmpp take fewer); got {self.steps!r}"
+                )
+            return num_timesteps
+        if self.steps is None:
+            return min(DEFAULT_STEPS[self.sampler], num_timesteps)
+        if self.steps > num_timesteps:
+            raise ConfigError(f"steps must be an integer in 1..{num_timesteps}; got {self.steps}")
+        return self.steps
+
+    def replace(self, **changes: Any) -> SamplingConfig:
+        """A copy with `changes`; a new sampler resets the sampler-specific steps and eta."""
+        if "sampler" in changes and changes["sampler"] != self.sampler:
+            changes = {"steps": None, "eta": 0.0} | changes
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_preset(cls, preset: str = "recipe", **overrides: Any) -> SamplingConfig:
+        """A named preset (PRESETS) with explicit `overrides` winning over its values."""
+        check_choice("preset", preset, tuple(PRESETS))
+        return PRESETS[preset].replace(**overrides)
+
+    def describe(self, with_seed: bool = True) -> str:
+        """One line for people, e.g. 'dpmpp 20 steps, γ = 5 for 30 < t <= 180, seed 0, bf16'."""
+        steps = f" {self.steps} steps" if self.steps else ""
+        where = (
+            ""
+            if self.guidance_interval is None
+            else " for {} < t <= {}".format(*self.guidance_interval)
+        )
+        seed = f", seed {self.seed}" if with_seed else ""
+        return f"{self.sampler}{steps}, γ = {self.guidance_scale:g}{where}{seed}, {self.precision}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if self.guidance_interval is not None:
+            data["guidance_interval"] = list(self.guidance_interval)
+        return data
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _interval(value: object) -> tuple[int, int] | None:
+    """(lo, hi) with 0 <= lo < hi, as whole timesteps; None stays None (every step)."""
+    if value is None:
+        return None
+    try:
+        low, high = value  # type: ignore[misc]
+    except (TypeError, ValueError):
+        low = high = None
+    if not (is_integer(low) and is_integer(high) and 0 <= low < high):
+        raise ConfigError(
+            f"guidance_interval must be two whole timesteps LO < HI with LO >= 0; got {value!r}"
+        )
+    return operator.index(low), operator.index(high)
 
 
 @dataclass(frozen=True)
@@ -58,55 +210,54 @@ def make_eps_fn(
     diffusion: GaussianDiffusion,
     class_onehot: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
+    guidance_interval: tuple[int, int] | None = None,
 ) -> EpsFn:
     """Wrap a network as ε_θ(x_t, t), with classifier-free guidance for the class model.
 
     ε = ε_u + γ·(ε_c − ε_u), ε_u from the zero class vector. Both branches run in one
     batched forward pass; γ = 1 needs only ε_c and γ = 0 only ε_u, so those skip the other.
+    With `guidance_interval` (lo, hi), γ applies only for lo < t <= hi and other steps take
+    ε_c alone (Kynkäänniemi et al. 2024): one network evaluation instead of two there.
     """
     if not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be finite; got {guidance_scale}")
+    low, high = guidance_interval or (0, diffusion.num_timesteps)
 
-    def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        frac = diffusion.time_fraction(t)
+    def eps_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        timesteps = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        frac = diffusion.time_fraction(timesteps)
         if class_onehot is None:
             return net(x_t, frac).float()
-        if guidance_scale == 1.0:
+        scale = guidance_scale if low < t <= high else 1.0
+        if scale == 1.0:
             return net(x_t, frac, class_onehot).float()
         uncond = torch.zeros_like(class_onehot)
-        if guidance_scale == 0.0:
+        if scale == 0.0:
             return net(x_t, frac, uncond).float()
         both = net(
             torch.cat([x_t, x_t]), torch.cat([frac, frac]), torch.cat([class_onehot, uncond])
         )
         eps_cond, eps_uncond = both.float().chunk(2)
-        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        return eps_uncond + scale * (eps_cond - eps_uncond)
 
     return eps_fn
 
 
-def check_sampler_args(name: str, steps: int | None, eta: float, num_timesteps: int) -> int:
-    """Validate a sampler request; return the number of steps it will take.
+def network_evaluations(config: SamplingConfig, num_timesteps: int, guided: bool) -> int:
+    """Network evaluations per image: CFG costs two inside the guidance interval, one outside.
 
-    Raises ConfigError with the valid values, so the CLI and the UI can show it as one line.
+    γ = 0 and γ = 1 need one branch only, as `make_eps_fn` computes them.
     """
-    check_choice("sampler", name, SAMPLER_NAMES)
-    if not isinstance(eta, int | float) or isinstance(eta, bool) or not 0 <= eta <= 1:
-        raise ConfigError(f"eta must be a number in [0, 1]; got {eta!r}")
-    if eta != 0 and name != "ddim":
-        raise ConfigError(f"eta applies only to the ddim sampler; got eta={eta} for {name}")
-    if name == "ddpm":
-        if steps not in (None, num_timesteps):
-            raise ConfigError(
-                f"ddpm always takes all T={num_timesteps} steps; steps must be None or "
-                f"{num_timesteps} (ddim and dpmpp take fewer); got {steps!r}"
-            )
-        return num_timesteps
-    if steps is None:
-        return min(DEFAULT_STEPS[name], num_timesteps)
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= num_timesteps:
-        raise ConfigError(f"steps must be an integer in 1..{num_timesteps}; got {steps!r}")
-    return steps
+    steps = config.num_steps(num_timesteps)
+    if not guided or config.guidance_scale in (0.0, 1.0):
+        return steps
+    low, high = config.guidance_interval or (0, num_timesteps)
+    return steps + sum(low < t <= high for t in spaced_timesteps(num_timesteps, steps))
+
+
+def check_sampler_args(name: str, steps: int | None, eta: float, num_timesteps: int) -> int:
+    """Validate a sampler request; return the number of steps it will take (ConfigError)."""
+    return SamplingConfig(name, steps, eta).num_steps(num_timesteps)
 
 
 def spaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
@@ -138,10 +289,6 @@ def _alphas_cumprod(diffusion: GaussianDiffusion) -> list[float]:
     return [1.0, *diffusion.alphas_cumprod.double().cpu().tolist()]
 
 
-def _timestep_batch(x_t: torch.Tensor, t: int) -> torch.Tensor:
-    return torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-
-
 def _standard_normal(x_t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One N(0, I) draw shaped like x_t, drawn on the generator's device (device-independent)."""
     return torch.randn(x_t.shape, generator=generator, device=generator.device).to(x_t)
@@ -162,10 +309,10 @@ def ddpm_sample(
 
     `steps` must be None or T and `eta` 0; they exist so every sampler shares one signature.
     """
-    num_steps = check_sampler_args("ddpm", steps, eta, diffusion.num_timesteps)
+    num_steps = SamplingConfig("ddpm", steps, eta).num_steps(diffusion.num_timesteps)
     x_t = x_T
     for step, t in enumerate(range(num_steps, 0, -1)):
-        eps = eps_fn(x_t, _timestep_batch(x_t, t))
+        eps = eps_fn(x_t, t)
         noise = _standard_normal(x_t, generator)
         x_prev, x0_pred = diffusion.p_sample_step(x_t, t, eps, noise)
         if callback is not None:
@@ -191,12 +338,12 @@ def ddim_sample(
     Eq. (16): σ = η·√((1 − ᾱ_s)/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_s). η = 0 draws no noise at all;
     η = 1 with steps = T has variance β̃_t (the posterior's), not the recipe's β_t.
     """
-    num_steps = check_sampler_args("ddim", steps, eta, diffusion.num_timesteps)
+    num_steps = SamplingConfig("ddim", steps, eta).num_steps(diffusion.num_timesteps)
     timesteps = spaced_timesteps(diffusion.num_timesteps, num_steps)
     alphas_cumprod = _alphas_cumprod(diffusion)
     x_t = x_T
     for step, (t, s) in enumerate(zip(timesteps, [*timesteps[1:], 0], strict=True)):
-        eps = eps_fn(x_t, _timestep_batch(x_t, t))
+        eps = eps_fn(x_t, t)
         x0_pred = diffusion.predict_x0_from_eps(x_t, t, eps)
         a_t, a_s = alphas_cumprod[t], alphas_cumprod[s]
         sigma = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
@@ -233,14 +380,16 @@ def dpmpp_sample(
     D = x̂0_t on the first step (the 1st-order update, i.e. DDIM) and afterwards the
     multistep correction D = (1 + 1/(2r))·x̂0_t − 1/(2r)·x̂0_prev with r = h_prev/h.
     The last step lands on σ_0 = 0, where the update is exactly x̂0_t (h = ∞), as in
-    diffusers. Deterministic: `generator` is unused, and `eta` must be 0.
+    diffusers. With η > 0 it is the SDE variant (Lu et al., Section 4; k-diffusion's
+    `dpmpp_2m_sde`): x_s = (σ_s/σ_t)·e^{−ηh}·x_t + α_s·(1 − e^{−(1+η)h})·D
+    + σ_s·√(1 − e^{−2ηh})·z, one z ~ N(0, I) from `generator` per step; η = 0 is the ODE.
     """
-    num_steps = check_sampler_args("dpmpp", steps, eta, diffusion.num_timesteps)
+    num_steps = SamplingConfig("dpmpp", steps, eta).num_steps(diffusion.num_timesteps)
     timesteps = spaced_timesteps(diffusion.num_timesteps, num_steps)
     alphas_cumprod = _alphas_cumprod(diffusion)
     x_t, x0_prev, h_prev = x_T, None, None
     for step, (t, s) in enumerate(zip(timesteps, [*timesteps[1:], 0], strict=True)):
-        eps = eps_fn(x_t, _timestep_batch(x_t, t))
+        eps = eps_fn(x_t, t)
         x0_pred = diffusion.predict_x0_from_eps(x_t, t, eps)
         if s == 0:
             x_next = x0_pred
@@ -251,7 +400,11 @@ def dpmpp_sample(
             if x0_prev is not None:
                 half_inv_r = 0.5 * h / h_prev
                 data = (1 + half_inv_r) * x0_pred - half_inv_r * x0_prev
-            x_next = math.sqrt((1 - a_s) / (1 - a_t)) * x_t - math.sqrt(a_s) * math.expm1(-h) * data
+            keep = math.sqrt((1 - a_s) / (1 - a_t)) * math.exp(-eta * h)  # e^0 = 1 exactly
+            x_next = keep * x_t - math.sqrt(a_s) * math.expm1(-(1 + eta) * h) * data
+            if eta > 0:
+                spread = math.sqrt(1 - a_s) * math.sqrt(-math.expm1(-2 * eta * h))
+                x_next = x_next + spread * _standard_normal(x_t, generator)
             x0_prev, h_prev = x0_pred, h
         if callback is not None:
             callback(StepInfo(step, num_steps, t, x_t, x0_pred, x_next))
@@ -266,3 +419,12 @@ def get_sampler(name: str) -> Sampler:
     """The sampler called `name`; a ConfigError lists the valid names otherwise."""
     check_choice("sampler", name, SAMPLER_NAMES)
     return SAMPLERS[name]
+
+
+# Named settings (`--preset`, `model.sample(preset=...)`). recipe: the original project's
+# sampler; fast and best: chosen by the quality map in benchmarks/results/ (README).
+PRESETS: dict[str, SamplingConfig] = {
+    "recipe": SamplingConfig(),
+    "fast": SamplingConfig(sampler="dpmpp", steps=20, guidance_interval=(30, 180)),
+    "best": SamplingConfig(sampler="dpmpp", steps=20, guidance_interval=(30, 180)),
+}

@@ -1,11 +1,13 @@
-"""Pictures: sample grids, sampling-process GIFs, loss curves.
+"""Pictures: sample grids and sampling-process GIFs, as files or as encoded bytes.
 
 Consumes tensors and sampler frames only; never imports training code. Grids come from
-torchvision, GIFs from imageio, plots from matplotlib.
+torchvision (Pillow encodes them), GIFs from imageio. The CLI and the web page share the
+encoders here; `figures` draws the plots with matplotlib.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,17 +16,46 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
+# File name endings a grid can be written as, and Pillow's name for each format.
+IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".bmp": "bmp",
+                 ".tif": "tiff", ".tiff": "tiff"}  # fmt: skip
+
 
 def save_grid(
-    images: torch.Tensor, path: Path | str | BinaryIO, nrow: int = 10, scale: int = 1
+    images: torch.Tensor,
+    path: Path | str | BinaryIO,
+    nrow: int = 10,
+    scale: int = 1,
+    image_format: str = "png",
 ) -> None:
-    """images float (N, 1, H, W) in [0, 1] -> one PNG grid, `nrow` images per row."""
+    """images float (N, 1, H, W) in [0, 1] -> one grid image, `nrow` images per row."""
     if scale > 1:
         images = torch.nn.functional.interpolate(images.float(), scale_factor=scale, mode="nearest")
     target = path if hasattr(path, "write") else str(path)
     save_image(
-        images.float().clamp(0, 1), target, nrow=nrow, padding=2, pad_value=1.0, format="png"
-    )
+        images.float().clamp(0, 1), target, nrow=nrow, padding=2, pad_value=1.0,
+        format=image_format,
+    )  # fmt: skip
+
+
+def grid_bytes(
+    images: torch.Tensor, nrow: int = 10, scale: int = 1, image_format: str = "png"
+) -> bytes:
+    """`save_grid` into memory: the encoded file's bytes (write them atomically)."""
+    buffer = io.BytesIO()
+    save_grid(images.float().cpu(), buffer, nrow, scale, image_format)
+    return buffer.getvalue()
+
+
+def png_bytes(images: torch.Tensor, nrow: int = 10, scale: int = 1) -> bytes:
+    return grid_bytes(images, nrow, scale, "png")
+
+
+def gif_bytes(frames: torch.Tensor, nrow: int = 10, scale: int = 2) -> bytes:
+    """`save_gif` into memory: the GIF's bytes."""
+    buffer = io.BytesIO()
+    save_gif(frames, buffer, nrow=nrow, scale=scale)
+    return buffer.getvalue()
 
 
 def frames_to_grids(frames: torch.Tensor, nrow: int = 10, scale: int = 2) -> np.ndarray:

@@ -1,0 +1,129 @@
+"""Sample quality over sampler × steps × η × γ × guidance interval: the quality map.
+
+Each setting generates n samples of a shipped model (class: digits i mod 10; time:
+unconditional) from the same seed, scores them with the shipped judge (MNIST-FID with its
+floor, precision, recall, guided accuracy), and appends one JSON line to --out, so an
+interrupted map resumes where it stopped (settings already in the file are skipped).
+It prints the table in Markdown at the end, from the file.
+
+    python benchmarks/quality_map.py --model class --n 2000  # results/quality_map_class_cpu_n2000.*
+    python benchmarks/quality_map.py --model time --n 2000
+    python benchmarks/quality_map.py --model class --n 2000 --table
+
+Sampling runs in bf16 autocast (the default where the hardware has it; the recipe's
+bf16-vs-fp32 difference is measured in benchmarks/sampling.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import diffumnist
+from diffumnist.evaluate import generate, score_samples
+from diffumnist.sampling import SamplingConfig, network_evaluations
+
+ODE_SDE = (0.0, 0.5, 1.0)  # η: deterministic, half, fully stochastic
+CLASS_SETTINGS = [
+    *(dict(sampler="dpmpp", steps=20, eta=eta, guidance_scale=g)
+      for eta in ODE_SDE for g in (1.0, 3.0, 5.0)),
+    *(dict(sampler="dpmpp", steps=20, eta=eta, guidance_scale=g, guidance_interval=(30, 180))
+      for eta, g in ((0.0, 5.0), (0.5, 3.0), (0.5, 5.0), (1.0, 3.0))),
+]  # fmt: skip
+TIME_SETTINGS = [
+    *(dict(sampler="dpmpp", steps=20, eta=eta) for eta in ODE_SDE),
+    dict(sampler="ddim", steps=20, eta=1.0),
+]
+
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def key(setting: dict) -> str:
+    return json.dumps(setting, sort_keys=True)
+
+
+def measure(model, setting: dict, n: int, seed: int) -> dict:
+    config = SamplingConfig(seed=seed, precision="bf16", **setting)
+    started = time.perf_counter()
+    images, labels = generate(model, n, config, progress=False)
+    seconds = time.perf_counter() - started
+    scores = score_samples(images, labels)
+    row = {
+        "setting": setting, "n": n, "seed": seed, "seconds": round(seconds, 1),
+        "nfe_per_image": network_evaluations(config, 300, model.kind.conditional),
+        "mnist_fid": scores["mnist_fid"], "mnist_fid_floor": scores["mnist_fid_floor"],
+        "precision": scores["precision"], "recall": scores["recall"],
+        "device": str(model.device) if model.device.type == "cuda" else cpu_name(),
+        "precision_mode": config.precision,
+    }  # fmt: skip
+    if "guided_accuracy" in scores:
+        row["guided_accuracy"] = scores["guided_accuracy"]["overall"]
+    return row
+
+
+def table(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    lines = [
+        "| sampler | steps | η | γ | interval | NFE | MNIST-FID (floor) | precision | recall "
+        "| guided acc. |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        s = row["setting"]
+        interval = (
+            "{} < t ≤ {}".format(*s["guidance_interval"]) if "guidance_interval" in s else "all"
+        )
+        accuracy = f"{row['guided_accuracy']:.3f}" if "guided_accuracy" in row else "—"
+        lines.append(
+            f"| {s['sampler']} | {s.get('steps', 300)} | {s.get('eta', 0):g} "
+            f"| {s.get('guidance_scale', '—')} | {interval} | {row['nfe_per_image']} "
+            f"| {row['mnist_fid']:.2f} ({row['mnist_fid_floor']:.2f}) | {row['precision']:.3f} "
+            f"| {row['recall']:.3f} | {accuracy} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("class", "time"), default="class")
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--table", action="store_true", help="only print the table so far")
+    args = parser.parse_args()
+    model = diffumnist.load_pretrained(args.model)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    where = "gpu" if model.device.type == "cuda" else "cpu"
+    args.out = RESULTS / f"quality_map_{args.model}_{where}_n{args.n}.jsonl"
+    if args.table:
+        print(table(args.out))
+        return
+    done = set()
+    if args.out.exists():
+        done = {key(json.loads(line)["setting"]) for line in args.out.read_text().splitlines()}
+    settings = CLASS_SETTINGS if args.model == "class" else TIME_SETTINGS
+    for setting in settings:
+        if key(setting) in done:
+            continue
+        row = measure(model, setting, args.n, args.seed)
+        with args.out.open("a") as log:
+            log.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Model kinds: everything that differs between the three models lives in one object each.
+
+A kind owns its network, its recipe defaults, how a training batch's randomness is drawn,
+its loss, its per-epoch preview and how a sampling request is read. Training, sampling,
+evaluation and the CLI ask the kind instead of branching on its name, so a new kind (say
+v-prediction) is one new module and one line in `KINDS`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from diffumnist.kinds.base import ModelKind
+from diffumnist.kinds.class_conditioned import ClassConditioned
+from diffumnist.kinds.denoiser import SingleStepDenoiser
+from diffumnist.kinds.time_conditioned import TimeConditioned
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from diffumnist.config import ModelConfig
+
+KINDS: dict[str, ModelKind] = {
+    kind.name: kind for kind in (SingleStepDenoiser(), TimeConditioned(), ClassConditioned())
+}
+KIND_NAMES: tuple[str, ...] = tuple(KINDS)
+
+
+def build_net(config: ModelConfig) -> nn.Module:
+    """The network a ModelConfig describes, freshly initialised."""
+    return get_kind(config.kind).build_net(config)
+
+
+def get_kind(name: str) -> ModelKind:
+    """The kind called `name`; a ConfigError lists the valid names otherwise."""
+    from diffumnist.config import check_choice
+
+    check_choice("kind", name, KIND_NAMES)
+    return KINDS[name]
+
+
+__all__ = ["KINDS", "KIND_NAMES", "ModelKind", "build_net", "get_kind"]
