@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from diffumnist.app import LINGER_S, MAX_REFUSING
+from diffumnist.webserver import LINGER_S, MAX_REFUSING
 
 READ_TIMEOUT_S = 1.0
 MAX_CONNECTIONS = 8

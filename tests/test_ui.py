@@ -31,18 +31,11 @@ import pytest
 import torch
 from PIL import Image
 
-from diffumnist.app import (
-    BusyError,
-    DemoServer,
-    Job,
-    Worker,
-    make_server,
-    parse_denoise,
-    parse_generate,
-)
+from diffumnist.app import BusyError, DemoServer, Job, Worker, make_server
 from diffumnist.classifier import classify, load_classifier
 from diffumnist.config import ConfigError
 from diffumnist.sampling import spaced_timesteps
+from diffumnist.webrequests import parse_denoise, parse_generate
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
