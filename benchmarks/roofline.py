@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffumnist.config import ModelConfig
 from diffumnist.diffusion import GaussianDiffusion
-from diffumnist.nets import build_net
+from diffumnist.kinds import build_net
 from diffumnist.runtime import describe_precision
 
 CPU_FEATURES = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")

@@ -22,7 +22,7 @@ from roofline import Peaks, header, measure_peaks, unet_flops
 
 from diffumnist.config import ModelConfig
 from diffumnist.diffusion import GaussianDiffusion
-from diffumnist.nets import build_net
+from diffumnist.kinds import build_net
 from diffumnist.runtime import autocast, resolve_device, resolve_precision
 
 

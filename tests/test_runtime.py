@@ -15,7 +15,7 @@ from torch import nn
 from diffumnist import runtime
 from diffumnist.config import ConfigError, ModelConfig
 from diffumnist.inference import fold_batchnorm
-from diffumnist.nets import build_net
+from diffumnist.kinds import build_net
 
 CPU = torch.device("cpu")
 IS_GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
