@@ -176,3 +176,103 @@ def test_eval_scores_a_sample_file_and_writes_json(capsys, tmp_path, data_dir):
     assert "MNIST-FID" in capsys.readouterr().out
     assert json.loads(report.read_text())["n"] == 300
     assert main(["eval"]) == 2
+
+
+def test_a_bare_call_prints_the_usage_and_exit_2(capsys):
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: diffumnist") and all(
+        command in out for command in ("train", "sample", "eval", "demo", "figures", "ui")
+    )
+    assert "thin wrappers" not in out
+
+
+def test_version_names_the_package_and_torch(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert out.startswith("diffumnist 0.") and "torch 2." in out
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "eval", "demo", "figures", "ui"])
+def test_every_help_shows_defaults(capsys, command):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default:" in text
+    if command in ("sample", "eval"):
+        assert "--preset {recipe,fast,best}" in text and "(default: recipe)" in text
+        assert "default: all T" not in text  # ddpm takes all T; ddim and dpmpp their own default
+        assert "LO < t <= HI" in text  # the guidance interval says its unit
+
+
+def test_sample_offers_only_models_that_sample(capsys, denoiser_ckpt, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "time/class for the shipped models" in help_text and "denoiser" not in help_text
+    assert main(["sample", "denoiser", "--out", str(tmp_path / "g.png")]) == 2
+    assert "cannot sample" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "magic"),
+    [("g.jpg", b"\xff\xd8"), ("g.JPEG", b"\xff\xd8"), ("g.png", b"\x89PNG"), ("g.webp", b"RIFF")],
+)
+def test_the_grid_is_written_in_the_format_its_name_asks_for(class_ckpt, tmp_path, name, magic):
+    out = tmp_path / name
+    argv = ["sample", str(class_ckpt), "--digits", "1", "--per-digit", "1", "--out", str(out),
+            "--sampler", "dpmpp", "--steps", "2", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0 and out.read_bytes().startswith(magic)
+
+
+@pytest.mark.parametrize("name", ["g.gif", "g.svg", "grid", "g.png.txt"])
+def test_a_grid_name_of_an_unknown_format_is_refused(capsys, class_ckpt, tmp_path, name):
+    argv = ["sample", str(class_ckpt), "--out", str(tmp_path / name), "--steps", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the name must end in one of .png" in err
+    assert not (tmp_path / name).exists()
+
+
+def test_a_gif_must_be_named_gif(capsys, class_ckpt, tmp_path):
+    argv = ["sample", str(class_ckpt), "--out", str(tmp_path / "g.png"), "--gif",
+            str(tmp_path / "p.png")]  # fmt: skip
+    assert main(argv) == 2 and "must end in .gif" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("digits", "per_digit", "rows", "columns"),
+                         [("3", 4, 1, 4), ("1,2", 3, 2, 3), ("0-9", 1, 1, 10)])  # fmt: skip
+def test_grids_are_digits_by_samples(class_ckpt, tmp_path, digits, per_digit, rows, columns):
+    """One row per digit, one column per sample (a single sample each: one row)."""
+    from PIL import Image
+
+    out = tmp_path / "g.png"
+    argv = ["sample", str(class_ckpt), "--digits", digits, "--per-digit", str(per_digit),
+            "--out", str(out), "--scale", "1", "--sampler", "dpmpp", "--steps", "2",
+            "--npz", str(tmp_path / "s.npz")]  # fmt: skip
+    assert main(argv) == 0
+    width, height = Image.open(out).size
+    assert (width, height) == (2 + 30 * columns, 2 + 30 * rows)  # 28 px tiles, 2 px padding
+    labels = np.load(tmp_path / "s.npz")["labels"].tolist()
+    assert labels == [d for d in parse_digits(digits) for _ in range(per_digit)]
+
+
+def test_sample_says_which_settings_it_used(capsys, class_ckpt, tmp_path):
+    out = str(tmp_path / "g.png")
+    argv = ["sample", str(class_ckpt), "--digits", "1", "--out", out, "--preset", "fast",
+            "--steps", "4", "--guidance-interval", "1,8", "--seed", "3"]  # fmt: skip
+    assert main(argv) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("sampling: dpmpp 4 steps, γ = 5 for 1 < t <= 8, seed 3, ")
+    assert line.endswith(("bf16", "fp32"))
+
+
+@pytest.mark.parametrize("interval", ["8,1", "1", "a,b", "-1,5", "1,99"])
+def test_bad_guidance_intervals_are_one_line_and_exit_2(capsys, class_ckpt, tmp_path, interval):
+    argv = ["sample", str(class_ckpt), "--out", str(tmp_path / "g.png"),
+            "--guidance-interval", interval]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "guidance" in err and not (tmp_path / "g.png").exists()
