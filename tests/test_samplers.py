@@ -255,7 +255,7 @@ def test_fast_samplers_default_to_few_steps_capped_at_T(tiny_class_model):
         {"sampler": "ddim", "steps": 5, "eta": -0.1},
         {"sampler": "ddim", "steps": 5, "eta": 1.5},
         {"sampler": "ddim", "steps": 5, "eta": math.nan},
-        {"sampler": "dpmpp", "steps": 5, "eta": 0.5},
+        {"sampler": "dpmpp", "steps": 5, "eta": 1.5},  # dpmpp takes η in [0, 1] (its SDE)
         {"sampler": "ddpm", "eta": 1.0},
     ],
 )

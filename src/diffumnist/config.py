@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,22 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     """Raise a ConfigError listing the valid values when `value` is not one of them."""
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def is_integer(value: object) -> bool:
+    """True for ints and integer-likes (NumPy, 0-d tensors), False for floats and bools."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def is_number(value: object) -> bool:
+    """True for finite ints and floats (not bools)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_positive(name: str, value: float, allow_zero: bool = False) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from diffumnist.checkpoint import CheckpointError, load_checkpoint
-from diffumnist.config import ConfigError, ModelConfig
+from diffumnist.config import ConfigError, ModelConfig, is_integer
 from diffumnist.data import to_uint8
 from diffumnist.diffusion import GaussianDiffusion
 from diffumnist.kinds import build_net, get_kind
@@ -31,7 +31,6 @@ from diffumnist.sampling import (
     StepCallback,
     StepInfo,
     get_sampler,
-    is_integer,
     make_eps_fn,
 )
 

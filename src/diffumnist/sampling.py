@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol, get_args
 import torch
 from torch import nn
 
-from diffumnist.config import ConfigError, Precision, check_choice
+from diffumnist.config import ConfigError, Precision, check_choice, is_integer, is_number
 from diffumnist.diffusion import GaussianDiffusion
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
@@ -46,17 +46,6 @@ DEFAULT_STEPS: dict[str, int] = {"ddim": 50, "dpmpp": 20}
 # Seeds everywhere (library, CLI, UI): evaluation derives per-batch seeds from them, and
 # seed * 1_000_003 + batch stays far inside torch.Generator's 64-bit range.
 SEED_RANGE = range(2**32)
-
-
-def is_integer(value: object) -> bool:
-    """True for ints and integer-likes (NumPy, 0-d tensors), False for floats and bools."""
-    if isinstance(value, bool):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
 
 
 def _setting(default: Any, help_text: str) -> Any:
@@ -98,14 +87,14 @@ class SamplingConfig:
         check_choice("precision", self.precision, get_args(Precision))
         if self.steps is not None and not (is_integer(self.steps) and self.steps >= 1):
             raise ConfigError(f"steps must be a positive integer; got {self.steps!r}")
-        if not _is_number(self.eta) or not 0 <= self.eta <= 1:
+        if not is_number(self.eta) or not 0 <= self.eta <= 1:
             raise ConfigError(f"eta must be a number in [0, 1]; got {self.eta!r}")
         if self.eta != 0 and self.sampler == "ddpm":
             raise ConfigError(
                 f"eta applies to the ddim and dpmpp samplers (ddpm is always fully stochastic); "
                 f"got eta={self.eta} for {self.sampler}"
             )
-        if not _is_number(self.guidance_scale):
+        if not is_number(self.guidance_scale):
             raise ConfigError(
                 f"guidance_scale must be a finite number; got {self.guidance_scale!r}"
             )
@@ -155,24 +144,20 @@ class SamplingConfig:
 
     def describe(self, with_seed: bool = True) -> str:
         """One line for people, e.g. 'dpmpp 20 steps, γ = 5 for 30 < t <= 180, seed 0, bf16'."""
-        steps = f" {self.steps} steps" if self.steps else ""
-        where = (
-            ""
-            if self.guidance_interval is None
-            else " for {} < t <= {}".format(*self.guidance_interval)
-        )
-        seed = f", seed {self.seed}" if with_seed else ""
-        return f"{self.sampler}{steps}, γ = {self.guidance_scale:g}{where}{seed}, {self.precision}"
+        parts = [self.sampler + (f" {self.steps} steps" if self.steps else "")]
+        parts.append(f"γ = {self.guidance_scale:g}")
+        if self.guidance_interval is not None:
+            parts[-1] += " for {} < t <= {}".format(*self.guidance_interval)
+        parts += [f"η = {self.eta:g}"] if self.eta else []
+        parts += [f"seed {self.seed}"] if with_seed else []
+        parts += [self.precision] if self.precision != "auto" else []
+        return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         if self.guidance_interval is not None:
             data["guidance_interval"] = list(self.guidance_interval)
         return data
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _interval(value: object) -> tuple[int, int] | None:
@@ -253,11 +238,6 @@ def network_evaluations(config: SamplingConfig, num_timesteps: int, guided: bool
         return steps
     low, high = config.guidance_interval or (0, num_timesteps)
     return steps + sum(low < t <= high for t in spaced_timesteps(num_timesteps, steps))
-
-
-def check_sampler_args(name: str, steps: int | None, eta: float, num_timesteps: int) -> int:
-    """Validate a sampler request; return the number of steps it will take (ConfigError)."""
-    return SamplingConfig(name, steps, eta).num_steps(num_timesteps)
 
 
 def spaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
