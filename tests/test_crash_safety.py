@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import LONG_TESTS
 
 from diffumnist.checkpoint import load_checkpoint
 from diffumnist.cli import main
@@ -29,7 +30,7 @@ from diffumnist.train import CHECKPOINT_NAME, Trainer
 TINY = ["--hidden-dim", "4", "--num-timesteps", "5", "--subset", "256", "--batch-size", "64",
         "--preview-every", "0", "--precision", "fp32", "--device", "cpu"]  # fmt: skip
 EPOCHS = 16
-KILLS = 6
+KILLS = 20 if LONG_TESTS else 6  # SIGKILLs that must land, a third of them mid-write
 STEPS = EPOCHS * 256 // 64
 # Runs `python -m diffumnist ...` with every fsync slowed by 50 ms: the window in which a
 # checkpoint exists only as a temp file widens from microseconds to something a poll of the

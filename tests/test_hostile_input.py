@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import LONG_TESTS
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
@@ -23,7 +24,7 @@ from diffumnist.config import ConfigError, ModelConfig
 from diffumnist.models import MAX_SAMPLES_PER_CALL, DiffusionModel, load
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=1000 if LONG_TESTS else 150,
     deadline=15_000,  # a hang fails the case; generous, since CI machines are shared
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,  # the same 150 cases on every run, so CI cannot flake
