@@ -15,6 +15,7 @@ Run alone, it prints the machine's roofline and checks that bf16 pays on this CP
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -137,7 +138,8 @@ def header(peaks: Peaks) -> str:
             describe_precision(torch.device("cpu")),
             f"measured matmul peak (2048², best over this run): fp32 {peaks.fp32:.1f} GFLOP/s, "
             f"bf16 {peaks.bf16:.1f} GFLOP/s ({peaks.bf16 / peaks.fp32:.2f}x)",
-            "machine shared and noisy (about ±30 %): compare ratios within one run",
+            "machine shared and noisy (about ±30 %): compare ratios within one run; load average "
+            f"now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
         ]
     )
 
