@@ -22,10 +22,10 @@ from diffumnist.train import Trainer
 run_dir, out_dir, config_json = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 config = TrainConfig(**json.loads(config_json))
 with process_group(config.device) as world:
-    trainer = Trainer(config, run_dir)
-    trainer.run()
-    tensors = {f"net.{k}": v for k, v in trainer.state.net.state_dict().items()}
-    tensors |= {f"ema.{k}": v for k, v in trainer.state.ema.state_dict().items()}
+    seen = {}  # the run's TrainState, through the public hook (the same object to the end)
+    Trainer(config, run_dir, before_step=lambda state: seen.setdefault("state", state)).run()
+    tensors = {f"net.{k}": v for k, v in seen["state"].net.state_dict().items()}
+    tensors |= {f"ema.{k}": v for k, v in seen["state"].ema.state_dict().items()}
     save_file(
         {k: v.contiguous() for k, v in tensors.items()}, out_dir / f"rank{world.rank}.safetensors"
     )

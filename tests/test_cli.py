@@ -264,7 +264,8 @@ def test_sample_says_which_settings_it_used(capsys, class_ckpt, tmp_path):
     argv = ["sample", str(class_ckpt), "--digits", "1", "--out", out, "--preset", "fast",
             "--steps", "4", "--guidance-interval", "1,8", "--seed", "3"]  # fmt: skip
     assert main(argv) == 0
-    line = capsys.readouterr().out.splitlines()[0]
+    said_precision, line = capsys.readouterr().out.splitlines()[:2]
+    assert said_precision.startswith("precision: ")
     assert line.startswith("sampling: dpmpp 4 steps, γ = 5 for 1 < t <= 8, seed 3, ")
     assert line.endswith(("bf16", "fp32"))
 

@@ -99,3 +99,20 @@ def test_max_steps_stops_early(tmp_path, data_dir):
     Trainer(tiny_config(max_steps=4), tmp_path / "run", data_dir).run()
     ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
     assert ckpt.meta["step"] == 4 and ckpt.meta["done"]
+
+
+def test_losses_are_read_back_in_batches_with_the_batch_means(tmp_path):
+    """The log holds each global batch's mean loss, read from the device every `every` steps."""
+    from diffumnist.distributed import World
+    from diffumnist.train import LossLog
+
+    log = LossLog(World(), tmp_path / CHECKPOINT_NAME, every=4)
+    means = [0.5, 0.25, 0.125, 1 / 3, 0.1, 0.2]
+    flushed = [log.add(i + 1, 1, torch.tensor(m * 64, dtype=torch.float64), 64)
+               for i, m in enumerate(means)]  # fmt: skip
+    assert flushed == [False, False, False, True, False, False] and len(log.entries) == 4
+    assert log.take() == [{"step": i + 1, "epoch": 1, "loss": m} for i, m in enumerate(means)]
+    assert log.take() == []
+    log.add(7, 2, torch.tensor(float("nan"), dtype=torch.float64), 64)
+    with pytest.raises(TrainingError, match="loss became nan at step 7"):
+        log.take()

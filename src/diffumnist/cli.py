@@ -36,7 +36,7 @@ from diffumnist.flags import (
 )
 from diffumnist.kinds import KIND_NAMES, KINDS
 from diffumnist.launcher import WorkerFailed, launch
-from diffumnist.runtime import resolve_device, resolve_precision
+from diffumnist.runtime import describe_precision, resolve_device, resolve_precision
 from diffumnist.sampling import SamplingConfig
 from diffumnist.train import (
     CHECKPOINT_NAME,
@@ -197,7 +197,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if _launches_ranks(args, config.device, preflight):
         return 0
     with process_group(config.device) as world:
-        path = Trainer(config, run_dir, args.data_dir).run()
+        trainer = Trainer(config, run_dir, args.data_dir)
+        if world.is_main:
+            print(describe_precision(trainer.device, trainer.config.precision))
+        path = trainer.run()
     if world.is_main:
         print(f"checkpoint: {path}")
     return 0
@@ -270,6 +273,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.checkpoint} is a single-step denoiser; it cannot sample")
     config = sampling_config(args, model.device)
     config.num_steps(model.diffusion.num_timesteps)
+    print(describe_precision(model.device, getattr(args, "precision", "auto")))
     print(f"sampling: {config.describe()}")
     write_samples(model, config, digits, args.per_digit, args.n, args.scale, args.out,
                   args.gif, args.npz)  # fmt: skip

@@ -65,15 +65,14 @@ class World:
         dist.all_gather_object(gathered, value)
         return gathered
 
-    def sum(self, value: float) -> float:
-        """The sum of one number over all ranks, on every rank."""
-        if self.size == 1:
-            return value
-        # NCCL reduces GPU tensors only; gloo takes CPU tensors
-        device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
-        total = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(total)
-        return total.item()
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """`values` summed elementwise over all ranks, on every rank (in place).
+
+        The tensor must live where the backend reduces: a GPU for NCCL, the CPU for gloo.
+        """
+        if self.size > 1:
+            dist.all_reduce(values)
+        return values
 
 
 SINGLE_PROCESS = World()

@@ -12,7 +12,6 @@ global batch and its randomness, trains on its share, and only rank 0 writes.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +124,50 @@ def replicated(net: nn.Module, world: World, device: torch.device) -> nn.Module:
     )
 
 
+class LossLog:
+    """Per-step losses kept where they were computed and read back every `every` steps.
+
+    Reading a loss makes the host wait for the device; on a GPU that wait per step costs
+    more than the step, so the values are gathered (and summed over the ranks) in one go.
+    A non-finite loss stops training then, before the epoch could be checkpointed.
+    """
+
+    def __init__(self, world: World, checkpoint_path: Path, every: int = 50) -> None:
+        self.world, self.checkpoint_path, self.every = world, checkpoint_path, every
+        self.pending: list[tuple[int, int, torch.Tensor, int]] = []
+        self.entries: list[dict] = []  # read, not yet taken: {"step", "epoch", "loss"}
+
+    def add(self, step: int, epoch: int, weighted: torch.Tensor, batch: int) -> bool:
+        """Keep one step's share-weighted loss; True when this read the pending ones."""
+        self.pending.append((step, epoch, weighted, batch))
+        if len(self.pending) < self.every:
+            return False
+        self._read()
+        return True
+
+    def take(self) -> list[dict]:
+        """Every entry so far (the batch means of the global batches), oldest first."""
+        self._read()
+        entries, self.entries = self.entries, []
+        return entries
+
+    def _read(self) -> None:
+        if not self.pending:
+            return
+        sums = self.world.sum(torch.stack([weighted for _, _, weighted, _ in self.pending]))
+        batches = torch.tensor([batch for *_, batch in self.pending], dtype=torch.float64)
+        for (step, epoch, _, _), value in zip(
+            self.pending, (sums.cpu() / batches).tolist(), strict=True
+        ):
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"loss became {value} at step {step}; training stopped and "
+                    f"{self.checkpoint_path} keeps the last good epoch (try a lower --lr)"
+                )
+            self.entries.append({"step": step, "epoch": epoch, "loss": value})
+        self.pending = []
+
+
 class Trainer:
     """Runs (or resumes) one training run into `run_dir`; under torchrun, one rank of it.
 
@@ -158,6 +201,7 @@ class Trainer:
         net = replicated(state.net, self.world, self.device)
         per_epoch = math.ceil(len(images) / self.config.batch_size)
         total = min(self.config.epochs * per_epoch, self.config.max_steps or math.inf)
+        losses = LossLog(self.world, self.folder.checkpoint_path)
         with tqdm(total=total, initial=state.step, unit="step", dynamic_ncols=True,
                   disable=not self.world.is_main) as bar:  # fmt: skip
             while state.epoch < self.config.epochs and state.step < total:
@@ -165,25 +209,25 @@ class Trainer:
                     f"{self.kind.name} epoch {state.epoch + 1}/{self.config.epochs}"
                 )
                 net.train()
-                log = []
+                steps = 0
                 for index in iterate_batches(len(images), self.config.batch_size, state.generator):
                     if self.before_step is not None:
                         self.before_step(state)
-                    started = time.perf_counter()
-                    loss = self.step(state, net, images, labels, index.to(self.device))
-                    log.append({"step": state.step, "epoch": state.epoch + 1, "loss": loss})
-                    rate = len(index) / (time.perf_counter() - started)
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+                    weighted = self.step(state, net, images, labels, index.to(self.device))
+                    steps += 1
+                    if losses.add(state.step, state.epoch + 1, weighted, len(index)):
+                        bar.set_postfix(loss=f"{losses.entries[-1]['loss']:.4f}", refresh=False)
                     bar.update(1)
                     if state.step >= total:
                         break
-                self._end_epoch(state, log, complete=len(log) == per_epoch)
+                self._end_epoch(state, losses.take(), complete=steps == per_epoch)
         self.world.barrier()  # rank 0 has written the last checkpoint
         return self.folder.checkpoint_path
 
     def step(self, state: TrainState, net: nn.Module, images: torch.Tensor,
-             labels: torch.Tensor, index: torch.Tensor) -> float:  # fmt: skip
-        """One optimizer step on the global batch `images[index]`; returns its mean loss.
+             labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """One optimizer step on the global batch `images[index]`; returns this rank's share
+        of the batch's summed loss (float64, on the device: reading it would wait for it).
 
         This rank computes the loss of its share; weighted by the share's size, DDP's
         gradient average is the gradient of the whole batch's mean (weight 1 on one process).
@@ -197,18 +241,12 @@ class Trainer:
             loss = self.kind.loss(net, x0, labels[mine], draws, self.diffusion, self.config)
         state.optimizer.zero_grad(set_to_none=True)
         (loss * (len(mine) * self.world.size / len(index))).backward()
-        value = self.world.sum(loss.item() * len(mine)) / len(index)
-        if not math.isfinite(value):
-            raise TrainingError(
-                f"loss became {value} at step {state.step + 1}; training stopped and "
-                f"{self.folder.checkpoint_path} keeps the last good epoch (try a lower --lr)"
-            )
         state.optimizer.step()
         if self.world.size > 1 and self.config.batchnorm == "local":
             average_buffers(state.net)
         state.update_ema(self.config.ema_decay)
         state.step += 1
-        return value
+        return loss.detach().double() * len(mine)
 
     def _start(self) -> TrainState:
         """A fresh or restored state; rank 0 tidies the run folder before the others read it."""
