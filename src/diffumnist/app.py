@@ -225,7 +225,9 @@ class DemoApp:
     def _generate(self, request: GenerateRequest, job: Job) -> dict[str, Any]:
         """Sample, streaming x_t and x̂0 after every step; keep the images for downloads."""
         started = time.perf_counter()
-        n = len(request.digits) if request.model == "class" else request.count
+        model = self.models[request.model]
+        conditional = model.kind.conditional
+        n = len(request.digits) if conditional else request.count
         nrow = n if n <= 5 else (n + 1) // 2  # two rows past five, so ten digits stay large
 
         def on_step(info: StepInfo) -> None:
@@ -234,9 +236,8 @@ class DemoApp:
             x_t, x0 = (data_url(png_bytes(x, nrow)) for x in (info.x_t, info.x0_pred))
             job.emit("frame", {"step": info.step + 1, "t": info.t, "x_t": x_t, "x0": x0})
 
-        digits = torch.tensor(request.digits) if request.model == "class" else None
-        count = request.count if request.model == "time" else None
-        model = self.models[request.model]
+        digits = torch.tensor(request.digits) if conditional else None
+        count = None if conditional else request.count
         samples, animation = model.generate(digits, request.sampling, n=count, callback=on_step)
         job.downloads = {
             "grid.png": lambda scale: png_bytes(samples, nrow, scale),
