@@ -4,7 +4,8 @@ In eval mode a BatchNorm is a fixed per-channel affine map, y = γ·(x − μ)/�
 so when it directly follows a convolution it can be folded into that convolution's weight
 and bias (Ioffe & Szegedy 2015, §3.2; the "conv-BN fusion" of every inference runtime).
 The recipe's UNet has 17 such pairs (Conv2d → BN and ConvTranspose2d → BN); folding them
-saves one full read and write of every activation per pair.
+saves one full read and write of every activation per pair. `inference_net` adds the
+channels_last layout that oneDNN's convolutions prefer; benchmarks/inference.py measures both.
 """
 
 from __future__ import annotations
@@ -61,3 +62,12 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
                 setattr(module, conv_name, fold_conv_bn(conv, bn))
                 setattr(module, bn_name, nn.Identity())
     return folded
+
+
+def inference_net(net: nn.Module) -> nn.Module:
+    """What sampling should run: an eval-only copy of `net`, BatchNorm folded, channels_last.
+
+    Same function as net.eval() within float rounding; measured on a 2-core Zen 4 in bf16,
+    model.sample ran 1.05-1.24x faster with it (benchmarks/results/speed_cpu_epyc_zen4.txt).
+    """
+    return fold_batchnorm(net).to(memory_format=torch.channels_last)
