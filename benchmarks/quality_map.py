@@ -29,15 +29,20 @@ from diffumnist.evaluate import generate, score_samples
 from diffumnist.sampling import SamplingConfig, network_evaluations
 
 ODE_SDE = (0.0, 0.5, 1.0)  # η: deterministic, half, fully stochastic
+DPMPP_20 = {"sampler": "dpmpp", "steps": 20}
+INTERVAL = {"guidance_interval": (30, 180)}
+# The class model: ODE against SDE at each γ, and guidance limited to 30 < t <= 180.
 CLASS_SETTINGS = [
-    *(dict(sampler="dpmpp", steps=20, eta=eta, guidance_scale=g)
-      for eta in ODE_SDE for g in (1.0, 3.0, 5.0)),
-    *(dict(sampler="dpmpp", steps=20, eta=eta, guidance_scale=g, guidance_interval=(30, 180))
-      for eta, g in ((0.0, 5.0), (0.5, 3.0), (0.5, 5.0), (1.0, 3.0))),
-]  # fmt: skip
+    *({**DPMPP_20, "eta": 0.0, "guidance_scale": g} for g in (1.0, 3.0, 5.0)),
+    {**DPMPP_20, "eta": 0.5, "guidance_scale": 3.0, **INTERVAL},
+    {**DPMPP_20, "eta": 1.0, "guidance_scale": 3.0, **INTERVAL},
+    *({**DPMPP_20, "eta": 1.0, "guidance_scale": g} for g in (1.0, 3.0)),
+    *({**DPMPP_20, "eta": 0.5, "guidance_scale": g, **INTERVAL} for g in (4.0, 5.0)),
+    {**DPMPP_20, "eta": 0.0, "guidance_scale": 5.0, **INTERVAL},
+]
 TIME_SETTINGS = [
-    *(dict(sampler="dpmpp", steps=20, eta=eta) for eta in ODE_SDE),
-    dict(sampler="ddim", steps=20, eta=1.0),
+    *({**DPMPP_20, "eta": eta} for eta in ODE_SDE),
+    {"sampler": "ddim", "steps": 20, "eta": 1.0},
 ]
 
 

@@ -29,8 +29,8 @@ from diffumnist.train import CHECKPOINT_NAME, Trainer
 
 TINY = ["--hidden-dim", "4", "--num-timesteps", "5", "--subset", "256", "--batch-size", "64",
         "--preview-every", "0", "--precision", "fp32", "--device", "cpu"]  # fmt: skip
-EPOCHS = 16
-KILLS = 20 if LONG_TESTS else 6  # SIGKILLs that must land, a third of them mid-write
+# SIGKILLs that must land (a third of them mid-write), and epochs enough to land them in
+KILLS, EPOCHS = (20, 48) if LONG_TESTS else (6, 16)
 STEPS = EPOCHS * 256 // 64
 # Runs `python -m diffumnist ...` with every fsync slowed by 50 ms: the window in which a
 # checkpoint exists only as a temp file widens from microseconds to something a poll of the
