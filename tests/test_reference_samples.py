@@ -1,7 +1,7 @@
 """The shipped models still sample the images they sampled before the redesign.
 
-tests/data/reference_samples.npz was written by tests/make_reference_samples.py on main
-before issue 11's redesign. On the CPU kind that wrote it every image must match bit for
+tests/data/reference_samples.npz was written by tests/make_reference_samples.py (its
+docstring says when and why). On the CPU kind that wrote it every image must match bit for
 bit; oneDNN picks other kernels on other CPUs, so there the fp32 images may differ by float
 rounding only (1e-4; a changed computation moves pixels by far more).
 """

@@ -24,6 +24,7 @@ from diffumnist.checkpoint import CheckpointError, load_checkpoint
 from diffumnist.config import ConfigError, ModelConfig, is_integer
 from diffumnist.data import to_uint8
 from diffumnist.diffusion import GaussianDiffusion
+from diffumnist.inference import inference_net
 from diffumnist.kinds import build_net, get_kind
 from diffumnist.runtime import autocast, resolve_precision
 from diffumnist.sampling import (
@@ -140,12 +141,12 @@ class DiffusionModel(nn.Module):
                 f"samples or a larger frame_every (at most {MAX_FRAME_BYTES / 2**30:.0f} GiB)"
             )
 
-        self.net.eval()
+        net = inference_net(self.net)  # BatchNorm folded, channels_last: same function, faster
         generator = torch.Generator().manual_seed(config.seed)
         x_T = torch.randn((count, 1, height, width), generator=generator).to(self.device)
         if onehot is not None:
             onehot = onehot.to(self.device)
-        eps_fn = make_eps_fn(self.net, self.diffusion, onehot, float(config.guidance_scale),
+        eps_fn = make_eps_fn(net, self.diffusion, onehot, float(config.guidance_scale),
                              config.guidance_interval)  # fmt: skip
         frames = [to_uint8(x_T)]
 
