@@ -95,9 +95,13 @@ def sample_workload(diffumnist, precision: str):
 
     model = diffumnist.load_pretrained("class")
     images = [0]
-    model.net.register_forward_pre_hook(
-        lambda _, args: images.__setitem__(0, images[0] + len(args[0]))
-    )
+    net_type = type(model.net)  # sample() may run a rewritten copy of model.net: same type
+
+    def count(module: torch.nn.Module, inputs: tuple) -> None:
+        if type(module) is net_type:
+            images[0] += len(inputs[0])
+
+    torch.nn.modules.module.register_module_forward_pre_hook(count)
     digits = torch.arange(100) % 10
 
     def run() -> None:
