@@ -109,7 +109,9 @@ def test_sigkill_at_random_moments_never_corrupts_and_resume_matches(tmp_path):
         if attempt % 2 == 0:
             _kill_mid_write(proc, run_dir, skip=rng.randint(0, 1))
         else:
-            _kill_after(proc, delay=rng.uniform(0.1, 0.6) * seconds)
+            # within the first 10-60 % of a run for 6 kills; more kills, earlier, so that
+            # they all land before the resumed run has finished
+            _kill_after(proc, delay=rng.uniform(0.1, 0.6) * seconds * 6 / KILLS)
         proc.wait()
         proc.stderr.close()
         kills += proc.returncode == -signal.SIGKILL
