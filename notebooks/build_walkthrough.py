@@ -57,6 +57,7 @@ import diffumnist
 from diffumnist.data import load_split, to_unit
 from diffumnist.diffusion import GaussianDiffusion
 from diffumnist.evaluate import format_scores, generate, score_samples
+from diffumnist.sampling import SamplingConfig
 
 START = time.perf_counter()
 
@@ -275,9 +276,8 @@ samples in its 128-d feature space:
 300-step sampler (`diffumnist eval class --n 10000`).
 """),
     code(r"""
-images, labels = generate(
-    model, 200, guidance_scale=5.0, sampler="dpmpp", steps=20, precision="bf16", progress=False
-)  # uint8 (200, 28, 28), digits i % 10
+config = SamplingConfig(guidance_scale=5.0, sampler="dpmpp", steps=20, precision="bf16")
+images, labels = generate(model, 200, config, progress=False)  # uint8 (200, 28, 28), i % 10
 scores = score_samples(images, labels)
 report = format_scores(scores)
 print(report)
