@@ -46,11 +46,16 @@ def fold_channels_last(net: nn.Module) -> nn.Module:
 
 
 def compiled(net: nn.Module) -> nn.Module:
-    """inductor with freezing (weights become constants), on the folded channels_last net."""
+    """inductor with freezing (weights become constants), on the folded channels_last net.
+
+    Static shapes: with dynamic ones (a second batch size) torch 2.14's inductor failed a
+    stride assertion in its bf16 conv + unary fusion on channels_last inputs. Each batch
+    size compiles anew, so the first call of a size (round 1) includes its compile time.
+    """
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
-    return torch.compile(fold_channels_last(net))
+    return torch.compile(fold_channels_last(net), dynamic=False)
 
 
 VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {
