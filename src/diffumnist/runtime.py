@@ -5,8 +5,8 @@ with AMX-BF16 or AVX512-BF16 (Intel Sapphire Rapids and later, Cooper Lake, AMD 
 later) and CUDA GPUs that support bf16; fp32 elsewhere. CPUs without those instructions
 would emulate bf16 by converting to fp32 and run slower, so they keep fp32. Measured with
 benchmarks/roofline.py, a 2-core AMD EPYC (Zen 4, AVX512-BF16, no AMX) multiplies 2048²
-matrices 2.7x faster in bf16 than in fp32, and runs the UNet's 3x3 convolutions 1.6-1.9x
-faster. Parameters and optimizer state stay fp32.
+matrices 2.2x faster in bf16 than in fp32 and runs the UNet's 3x3 convolutions 1.9x faster;
+sampling 2.1x, training 1.9x. Parameters and optimizer state stay fp32.
 
 `tune_malloc()` (run on `import diffumnist`) stops glibc from handing the sampler's large
 activation buffers back to the operating system after every step only to fault them in
