@@ -9,6 +9,8 @@ It prints the table in Markdown at the end, from the file.
     python benchmarks/quality_map.py --model class --n 2000  # results/quality_map_class_cpu_n2000.*
     python benchmarks/quality_map.py --model time --n 2000
     python benchmarks/quality_map.py --model class --n 2000 --table
+    python benchmarks/quality_map.py --weights runs/class_v2/last.safetensors --raw \
+        --label class_v2_raw --settings headline --n 2000  # results/quality_map_class_v2_raw_*
 
 Sampling runs in bf16 autocast (the default where the hardware has it; the recipe's
 bf16-vs-fp32 difference is measured in benchmarks/sampling.py).
@@ -31,6 +33,7 @@ from diffumnist.sampling import SamplingConfig, network_evaluations
 ODE_SDE = (0.0, 0.5, 1.0)  # η: deterministic, half, fully stochastic
 DPMPP_20 = {"sampler": "dpmpp", "steps": 20}
 INTERVAL = {"guidance_interval": (30, 180)}
+MEAN = {"start": "mean"}
 # The class model: ODE against SDE at each γ, and guidance limited to 30 < t <= 180.
 CLASS_SETTINGS = [
     *({**DPMPP_20, "eta": 0.0, "guidance_scale": g} for g in (1.0, 3.0, 5.0)),
@@ -39,11 +42,41 @@ CLASS_SETTINGS = [
     *({**DPMPP_20, "eta": 1.0, "guidance_scale": g} for g in (1.0, 3.0)),
     *({**DPMPP_20, "eta": 0.5, "guidance_scale": g, **INTERVAL} for g in (4.0, 5.0)),
     {**DPMPP_20, "eta": 0.0, "guidance_scale": 5.0, **INTERVAL},
+    # x_T from the digit's mean image (start="mean") against pure noise
+    *({**DPMPP_20, "eta": eta, "guidance_scale": 1.0, **MEAN} for eta in (0.0, 1.0)),
+    *({**DPMPP_20, "eta": 0.0, "guidance_scale": g, **INTERVAL, **MEAN} for g in (2.0, 2.5, 3.0)),
+    *({**DPMPP_20, "eta": eta, "guidance_scale": 2.5, **INTERVAL, **MEAN} for eta in (0.5, 1.0)),
+    *({**DPMPP_20, "eta": 1.0, "guidance_scale": g, **INTERVAL, **MEAN} for g in (2.0, 3.0, 4.0)),
+    {**DPMPP_20, "eta": 0.0, "guidance_scale": 2.5, "guidance_interval": (30, 240), **MEAN},
+    {**DPMPP_20, "eta": 0.0, "guidance_scale": 2.0, **MEAN},
+    *(
+        {**DPMPP_20, "eta": 0.0, "guidance_scale": 2.0, "guidance_interval": i, **MEAN}
+        for i in ((30, 240), (30, 300))
+    ),
+    *({**DPMPP_20, "eta": 0.0, "guidance_scale": g, **INTERVAL, **MEAN} for g in (3.5, 4.0, 5.0)),
+    {
+        "sampler": "dpmpp",
+        "steps": 50,
+        "eta": 0.0,
+        "guidance_scale": 2.5,
+        "guidance_interval": (30, 240),
+        **MEAN,
+    },
 ]
 TIME_SETTINGS = [
     *({**DPMPP_20, "eta": eta} for eta in ODE_SDE),
     {"sampler": "ddim", "steps": 20, "eta": 1.0},
+    *({**DPMPP_20, "eta": eta, **MEAN} for eta in (0.0, 1.0, 0.5)),
 ]
+# A few settings that tell weights apart (raw against EMA, one run against another).
+HEADLINE = {
+    "class": [
+        {**DPMPP_20, "eta": 0.0, "guidance_scale": 5.0, **INTERVAL},  # the fast preset
+        {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.0},
+        {**DPMPP_20, "eta": 0.5, "guidance_scale": 3.0, **INTERVAL},
+    ],
+    "time": [{**DPMPP_20, "eta": 0.0}, {**DPMPP_20, "eta": 1.0}],
+}
 
 
 RESULTS = Path(__file__).parent / "results"
@@ -82,9 +115,9 @@ def measure(model, setting: dict, n: int, seed: int) -> dict:
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line]
     lines = [
-        "| sampler | steps | η | γ | interval | NFE | MNIST-FID (floor) | precision | recall "
-        "| guided acc. |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| sampler | steps | η | γ | interval | start | NFE | MNIST-FID (floor) | precision "
+        "| recall | guided acc. |",
+        "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         s = row["setting"]
@@ -94,7 +127,8 @@ def table(path: Path) -> str:
         accuracy = f"{row['guided_accuracy']:.3f}" if "guided_accuracy" in row else "—"
         lines.append(
             f"| {s['sampler']} | {s.get('steps', 300)} | {s.get('eta', 0):g} "
-            f"| {s.get('guidance_scale', '—')} | {interval} | {row['nfe_per_image']} "
+            f"| {s.get('guidance_scale', '—')} | {interval} | {s.get('start', 'noise')} "
+            f"| {row['nfe_per_image']} "
             f"| {row['mnist_fid']:.2f} ({row['mnist_fid_floor']:.2f}) | {row['precision']:.3f} "
             f"| {row['recall']:.3f} | {accuracy} |"
         )
@@ -107,19 +141,32 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--table", action="store_true", help="only print the table so far")
+    parser.add_argument("--weights", help="a checkpoint to map instead of the shipped --model")
+    parser.add_argument("--raw", action="store_true", help="its raw weights, not its EMA copy")
+    parser.add_argument("--label", help="names the results file (default: the model kind)")
+    parser.add_argument(
+        "--settings", choices=("map", "headline"), default="map",
+        help="map: every setting of the model's map; headline: a few that tell weights apart",
+    )  # fmt: skip
     args = parser.parse_args()
-    model = diffumnist.load_pretrained(args.model)
+    if args.weights:
+        model = diffumnist.load(args.weights, use_ema=not args.raw)
+        args.model = model.config.kind
+    else:
+        model = diffumnist.load_pretrained(args.model)
     if torch.cuda.is_available():
         model = model.cuda()
     where = "gpu" if model.device.type == "cuda" else "cpu"
-    args.out = RESULTS / f"quality_map_{args.model}_{where}_n{args.n}.jsonl"
+    args.out = RESULTS / f"quality_map_{args.label or args.model}_{where}_n{args.n}.jsonl"
     if args.table:
         print(table(args.out))
         return
     done = set()
     if args.out.exists():
         done = {key(json.loads(line)["setting"]) for line in args.out.read_text().splitlines()}
-    settings = CLASS_SETTINGS if args.model == "class" else TIME_SETTINGS
+    settings = {"class": CLASS_SETTINGS, "time": TIME_SETTINGS}[args.model]
+    if args.settings == "headline":
+        settings = HEADLINE[args.model]
     for setting in settings:
         if key(setting) in done:
             continue

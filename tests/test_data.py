@@ -8,7 +8,16 @@ import shutil
 import pytest
 import torch
 
-from diffumnist.data import ALL_FILES, DataError, iterate_batches, load_split, to_uint8, to_unit
+from diffumnist.data import (
+    ALL_FILES,
+    DataError,
+    iterate_batches,
+    load_split,
+    mean_images,
+    shipped_mean_images,
+    to_uint8,
+    to_unit,
+)
 
 
 def test_test_split_loads_as_uint8(data_dir):
@@ -76,3 +85,12 @@ def test_pixel_conversion_round_trips():
     unit = to_unit(images)
     assert unit.shape == (3, 1, 28, 28) and unit.min() >= 0 and unit.max() <= 1
     assert torch.equal(to_uint8(unit), images)
+
+
+def test_the_shipped_mean_images_are_those_of_the_training_split(data_dir):
+    """What start="mean" samples from: rows 0-9 each digit's mean, row 10 all digits'."""
+    computed = mean_images(data_dir)
+    assert computed.shape == (11, 1, 28, 28)
+    assert torch.equal(shipped_mean_images(), computed)
+    images, labels = load_split("train", data_dir)
+    torch.testing.assert_close(computed[3, 0], to_unit(images[labels == 3]).mean((0, 1)))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffumnist.config import ConfigError, ModelConfig
+from diffumnist.data import shipped_mean_images
 from diffumnist.models import DiffusionModel
 from diffumnist.sampling import (
     PRESETS,
@@ -133,6 +134,12 @@ def test_network_evaluations_count_both_branches_only_inside_the_interval():
 def test_presets_resolve_to_their_settings_and_explicit_values_win(tiny_class_model):
     assert SamplingConfig.from_preset("recipe") == SamplingConfig()
     assert SamplingConfig().sampler == "ddpm" and SamplingConfig().guidance_scale == 5.0
+    documented = SamplingConfig(  # README "Sample quality": the best legible at <= 40 NFE
+        sampler="dpmpp", steps=20, guidance_scale=2.5, guidance_interval=(30, 240), start="mean"
+    )
+    assert PRESETS["fast"] == documented
+    assert PRESETS["best"] == documented.replace(steps=50)
+    assert SamplingConfig.from_preset("fast", start="noise").start == "noise"
     fast = SamplingConfig.from_preset("fast", seed=3)
     assert (fast.sampler, fast.seed) == (PRESETS["fast"].sampler, 3)
     assert SamplingConfig.from_preset("fast", guidance_scale=2.0).guidance_scale == 2.0
@@ -164,3 +171,35 @@ def test_bad_guidance_intervals_are_one_line_errors(interval, message):
 def test_an_interval_past_T_is_refused_for_that_model(tiny_class_model):
     with pytest.raises(ConfigError, match=r"within 0\.\.20"):
         tiny_class_model.sample([1], guidance_interval=(5, 30))
+
+
+def _first_input(model, c, **settings):
+    """x_T as the sampler receives it."""
+    seen = []
+    model.sample(c, seed=3, sampler="dpmpp", steps=4, callback=lambda info: seen.append(info.x_t),
+                 **settings)  # fmt: skip
+    return seen[0]
+
+
+def test_the_mean_start_is_the_forward_process_from_each_digits_mean_image(tiny_class_model):
+    """start="mean": x_T = √ᾱ_T·μ_digit + √(1−ᾱ_T)·z, with the z that start="noise" uses;
+    the time model starts from the mean of all digits."""
+    digits = torch.tensor([0, 7, 7])
+    noise = _first_input(tiny_class_model, digits)
+    expected = tiny_class_model.diffusion.q_sample(shipped_mean_images()[digits], 20, noise)
+    torch.testing.assert_close(_first_input(tiny_class_model, digits, start="mean"), expected)
+    time_model = DiffusionModel(ModelConfig(kind="time", hidden_dim=8, num_timesteps=5)).eval()
+    noise = _first_input(time_model, None, n=2)
+    expected = time_model.diffusion.q_sample(shipped_mean_images()[[-1, -1]], 5, noise)
+    torch.testing.assert_close(_first_input(time_model, None, n=2, start="mean"), expected)
+
+
+def test_the_mean_start_fits_larger_canvases(tiny_class_model):
+    samples, _ = tiny_class_model.sample([4], img_wh=(56, 28), start="mean", seed=0)
+    assert samples.shape == (1, 1, 28, 56)
+
+
+def test_a_bad_start_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="start must be one of"):
+        SamplingConfig(start="zeros")
+    assert "from the mean digit" in SamplingConfig(start="mean").describe()

@@ -34,7 +34,7 @@ from PIL import Image
 from diffumnist.app import BusyError, DemoServer, Job, Worker, make_server
 from diffumnist.classifier import classify, load_classifier
 from diffumnist.config import ConfigError
-from diffumnist.sampling import spaced_timesteps
+from diffumnist.sampling import PRESETS, spaced_timesteps
 from diffumnist.webrequests import parse_denoise, parse_generate
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -274,9 +274,12 @@ def test_ddpm_steps_are_not_editable(page):
     page.select_option("#sampler", "ddim")
     assert page.is_enabled("#steps") and page.input_value("#steps") == "50"
     assert page.is_enabled("#eta")
+    assert page.input_value("#start") == "noise"  # the recipe starts from pure noise
     page.click("#preset-fast")
     assert page.input_value("#sampler") == "dpmpp" and page.input_value("#steps") == "20"
-    for name in ("sampler", "steps", "eta", "guidance_scale", "guidance_interval", "seed"):
+    assert page.input_value("#start") == PRESETS["fast"].start
+    for name in ("sampler", "steps", "eta", "start", "guidance_scale", "guidance_interval",
+                 "seed"):  # fmt: skip
         assert "Range:" in page.inner_text(f"#help-{name}")
 
 
@@ -344,7 +347,7 @@ def test_downloads_come_at_the_chosen_scale_named_by_their_settings(page):
     pick_digits(page, 5)
     use_seed(page, 42)
     generate(page)
-    stem = "class_d5_g5_gi30-180_dpmpp20_seed42"
+    stem = "class_d5_g2.5_gi30-240_dpmpp20_mean_seed42"
     for scale, side in (("4", 4 * 28), ("1", 28), ("2", 2 * 28)):  # one digit: no frame
         page.select_option("#download-scale", scale)
         for link, kind in (("#download-png", "png"), ("#download-gif", "gif")):

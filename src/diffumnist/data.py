@@ -14,11 +14,13 @@ from __future__ import annotations
 import functools
 import gzip
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from diffumnist.config import ConfigError, default_data_dir
 
@@ -122,6 +124,26 @@ def add_noise(clean: torch.Tensor, sigma: float, generator: torch.Generator) -> 
     evaluation and the UI."""
     noise = torch.randn(clean.shape, generator=generator)
     return clean + sigma * noise.to(clean.device)
+
+
+def mean_images(data_dir: Path | str | None = None) -> torch.Tensor:
+    """The mean training image of each digit and then of all digits: (11, 1, 28, 28) in [0, 1].
+
+    Sampling with `start="mean"` puts these under the noise at t = T (see
+    GaussianDiffusion.start). They ship as weights/mnist_means.safetensors, written by
+    `save_file({"means": mean_images()}, ...)`, so sampling needs no MNIST on disk.
+    """
+    images, labels = load_split("train", data_dir)
+    pixels = to_unit(images).double()
+    means = [pixels[labels == digit].mean(0) for digit in range(10)] + [pixels.mean(0)]
+    return torch.stack(means).float()
+
+
+@functools.cache
+def shipped_mean_images() -> torch.Tensor:
+    """`mean_images()` of the MNIST training split as shipped with the package."""
+    path = resources.files("diffumnist") / "weights" / "mnist_means.safetensors"
+    return load_file(str(path))["means"]
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

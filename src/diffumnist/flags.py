@@ -17,7 +17,7 @@ import torch
 
 from diffumnist.config import BatchNormMode, ConfigError, DeviceName, Precision, TrainConfig
 from diffumnist.runtime import resolve_precision
-from diffumnist.sampling import PRESETS, SAMPLER_NAMES, SEED_RANGE, SamplingConfig
+from diffumnist.sampling import PRESETS, SAMPLER_NAMES, SEED_RANGE, SamplingConfig, StartName
 
 _FLAG_TYPES = {"int": int, "float": float}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -27,6 +27,7 @@ _FLAG_CHOICES = {
     "DeviceName": get_args(DeviceName),
     "BatchNormMode": get_args(BatchNormMode),
     "SamplerName": SAMPLER_NAMES,
+    "StartName": get_args(StartName),
 }
 DEVICE_HELP = "where to run: auto = a CUDA GPU when there is one, else the CPU"
 

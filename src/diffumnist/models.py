@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffumnist.checkpoint import CheckpointError, load_checkpoint
 from diffumnist.config import ConfigError, ModelConfig, is_integer
-from diffumnist.data import to_uint8
+from diffumnist.data import shipped_mean_images, to_uint8
 from diffumnist.diffusion import GaussianDiffusion
 from diffumnist.inference import inference_net
 from diffumnist.kinds import build_net, get_kind
@@ -52,6 +53,19 @@ def _image_size(img_wh: object) -> tuple[int, int]:
     if width < 28 or height < 28 or width % 28 or height % 28:
         raise ConfigError(f"img_wh must be multiples of 28 (the UNet's 7x7 bottleneck): {img_wh}")
     return width, height
+
+
+def _mean_images(onehot: torch.Tensor | None, count: int, size: tuple[int, int]) -> torch.Tensor:
+    """The mean MNIST training image of each requested digit (of all digits without one),
+    (count, 1, H, W), resized bilinearly when H x W is not 28 x 28."""
+    means = shipped_mean_images()
+    if onehot is None:
+        images = means[-1:].expand(count, -1, -1, -1)
+    else:
+        images = torch.einsum("nd,dchw->nchw", onehot.cpu().float(), means[:-1])
+    if size != (28, 28):
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    return images
 
 
 class DiffusionModel(nn.Module):
@@ -84,6 +98,7 @@ class DiffusionModel(nn.Module):
         steps: int | None = None,
         eta: float | None = None,
         guidance_interval: tuple[int, int] | None = None,
+        start: str | None = None,
         precision: str | None = None,
         frame_every: int = 1,
         callback: StepCallback | None = None,
@@ -94,14 +109,16 @@ class DiffusionModel(nn.Module):
         c: digits (N,) for the class model; the time model takes `n` instead.
         sampler: ddpm (all T steps), ddim or dpmpp (`steps` <= T; None: the preset's, or the
         sampler's default); `eta` in [0, 1] is DDIM's noise (0 = deterministic);
-        guidance_interval (lo, hi): γ only for lo < t <= hi (see SamplingConfig).
+        guidance_interval (lo, hi): γ only for lo < t <= hi; start: "noise" (x_T ~ N(0, I))
+        or "mean" (x_T from the digit's mean image, see SamplingConfig).
         Returns (samples float (N, 1, H, W) clamped to [0, 1] on the CPU,
         animation uint8 (F, N, H, W): x_T, then x_t after every `frame_every`-th step
         and always the final x_0). Same seed, same samples, on the same machine.
         """
         given = {
             "guidance_scale": guidance_scale, "seed": seed, "sampler": sampler, "steps": steps,
-            "eta": eta, "guidance_interval": guidance_interval, "precision": precision,
+            "eta": eta, "guidance_interval": guidance_interval, "start": start,
+            "precision": precision,
         }  # fmt: skip
         config = SamplingConfig.from_preset(
             preset, **{name: value for name, value in given.items() if value is not None}
@@ -146,6 +163,11 @@ class DiffusionModel(nn.Module):
         x_T = torch.randn((count, 1, height, width), generator=generator).to(self.device)
         if onehot is not None:
             onehot = onehot.to(self.device)
+        if config.start == "mean":
+            x_T = self.diffusion.q_sample(
+                _mean_images(onehot, count, (height, width)).to(self.device),
+                self.diffusion.num_timesteps, x_T,
+            )  # fmt: skip
         eps_fn = make_eps_fn(net, self.diffusion, onehot, float(config.guidance_scale),
                              config.guidance_interval)  # fmt: skip
         frames = [to_uint8(x_T)]

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from diffumnist.config import ConfigError, check_choice, recipe
 from diffumnist.data import add_noise, to_unit
-from diffumnist.sampling import PRESETS, SAMPLER_NAMES, SEED_RANGE, SamplingConfig
+from diffumnist.sampling import PRESETS, SAMPLER_NAMES, SEED_RANGE, SamplingConfig, StartName
 
 PAGE_PRESET = "fast"  # the page's first settings; "recipe" is one click away
 MAX_DIGITS = 10  # images per request
@@ -26,7 +26,7 @@ MAX_SIGMA = 2.0
 DOWNLOAD_SCALES = ("1", "2", "4")  # an 8x GIF of ten digits takes seconds to encode
 TRAINED_SIGMA = recipe("denoiser").sigma  # the noise level the shipped denoiser learned
 # Sampling settings the page may send; precision stays SamplingConfig's default (auto).
-PAGE_SETTINGS = ("sampler", "steps", "eta", "guidance_scale", "guidance_interval", "seed")
+PAGE_SETTINGS = ("sampler", "steps", "eta", "start", "guidance_scale", "guidance_interval", "seed")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ def form_info(num_timesteps: int) -> dict[str, Any]:
         "presets": {name: config.to_dict() for name, config in PRESETS.items()},
         "help": {f.name: f.metadata["help"] for f in fields(SamplingConfig)},
         "samplers": list(SAMPLER_NAMES),
+        "starts": list(get_args(StartName)),
         "default_steps": {s: SamplingConfig(sampler=s).num_steps(T) for s in SAMPLER_NAMES},
         "fixed_steps": [s for s in SAMPLER_NAMES if not _accepts(T, sampler=s, steps=1)],
         "eta_samplers": [s for s in SAMPLER_NAMES if _accepts(T, sampler=s, eta=1.0)],
@@ -113,7 +114,7 @@ def parse_generate(payload: object, num_timesteps: int) -> GenerateRequest:
     else:
         count = _number(data, "count", count, 1, MAX_DIGITS)
     settings = {name: data[name] for name in PAGE_SETTINGS if name in data}
-    for name in ("sampler", "eta", "guidance_scale", "seed"):
+    for name in ("sampler", "eta", "start", "guidance_scale", "seed"):
         if name in settings and settings[name] is None:
             raise ConfigError(f"{name} needs a value; got nothing")
     config = SamplingConfig.from_preset(PAGE_PRESET, **settings)

@@ -77,7 +77,7 @@ let shownTimeline = []; // frames {step, t, x_t, x0} of the result on screen
 let shownResult = null; // {done, stem} of the result on screen
 let clickedAt = 0;
 
-const SAMPLING_INPUTS = ["sampler", "steps", "eta", "guidance", "gi-low", "gi-high"];
+const SAMPLING_INPUTS = ["sampler", "steps", "eta", "start", "guidance", "gi-low", "gi-high"];
 
 function setupGenerateForm() {
   for (let digit = 0; digit <= 9; digit++) {
@@ -97,6 +97,7 @@ function setupGenerateForm() {
   $("count").max = info.max_digits;
   $("count-help").textContent = `Range: ${rangeOf($("count"))}.`;
   for (const sampler of info.samplers) $("sampler").add(new Option(sampler, sampler));
+  for (const start of info.starts) $("start").add(new Option(start, start));
   $("steps").max = info.num_timesteps;
   $("gi-low").max = info.num_timesteps - 1;
   $("gi-high").max = info.num_timesteps;
@@ -149,6 +150,7 @@ function applyPreset(name) {
   $("sampler").value = preset.sampler;
   onSamplerChange(preset.steps ?? info.default_steps[preset.sampler]);
   $("eta").value = preset.eta;
+  $("start").value = preset.start;
   $("guidance").value = preset.guidance_scale;
   const [low, high] = preset.guidance_interval ?? ["", ""];
   [$("gi-low").value, $("gi-high").value] = [low, high];
@@ -164,10 +166,14 @@ function markPreset(name) {
     : "custom settings (a preset button restores its settings)";
 }
 
-function describeSampling(s) {
+function describeSampling(s, guided = true) {
   const steps = s.steps ?? info.default_steps[s.sampler];
   const interval = s.guidance_interval ? ` for ${s.guidance_interval[0]} < t ≤ ${s.guidance_interval[1]}` : "";
-  return `${s.sampler}, ${steps} steps, γ = ${s.guidance_scale}${interval}`;
+  const parts = [`${s.sampler}, ${steps} steps`];
+  if (s.eta) parts.push(`η = ${s.eta}`);
+  if (guided) parts.push(`γ = ${s.guidance_scale}${interval}`);
+  if (s.start === "mean") parts.push("from the mean digit");
+  return parts.join(", ");
 }
 
 /** A sampler with a fixed number of steps (ddpm: all T) shows it in a field that cannot be
@@ -189,6 +195,7 @@ function writeHelp() {
     sampler: info.samplers.join(", "),
     steps: $("steps").disabled ? `always ${T} for ${$("sampler").value}` : `1–${T}`,
     eta: $("eta").disabled ? `${info.eta_samplers.join(" and ")} only` : "0–1",
+    start: info.starts.join(", "),
     guidance_scale: "0 or more; the recipe uses 5",
     guidance_interval: `0–${T}; both empty: every step`,
     seed: `0–${info.seed_max}`,
@@ -214,6 +221,7 @@ function readGenerateForm() {
     sampler: $("sampler").value,
     steps: $("steps").disabled ? null : readNumber($("steps"), "Steps"),
     eta: $("eta").disabled ? 0 : readNumber($("eta"), "η"),
+    start: $("start").value,
   };
   if (model === "time") {
     body.count = readNumber($("count"), "How many images");
@@ -359,8 +367,7 @@ function describeResult(s) {
   const what = s.model === "class"
     ? `digit${s.digits.length > 1 ? "s" : ""} ${s.digits.join(" ")}`
     : `${s.count} image${s.count > 1 ? "s" : ""} from the time model`;
-  const guidance = s.model === "class" ? `, ${describeSampling(s)}` : `, ${s.sampler}, ${s.steps} steps`;
-  return `${what}${guidance}${s.eta ? `, η = ${s.eta}` : ""}, seed ${s.seed}`;
+  return `${what}, ${describeSampling(s, s.model === "class")}, seed ${s.seed}`;
 }
 
 /** The settings as a file name: class_d5_g5_gi30-180_dpmpp20_seed42 and the like. */
@@ -370,7 +377,8 @@ function fileStem(s) {
     what = `class_d${s.digits.join("")}_g${s.guidance_scale}`;
     if (s.guidance_interval) what += `_gi${s.guidance_interval.join("-")}`;
   }
-  return `${what}_${s.sampler}${s.steps}${s.eta ? `_eta${s.eta}` : ""}_seed${s.seed}`;
+  const start = s.start === "mean" ? "_mean" : "";
+  return `${what}_${s.sampler}${s.steps}${s.eta ? `_eta${s.eta}` : ""}${start}_seed${s.seed}`;
 }
 
 function updateDownloads() {
