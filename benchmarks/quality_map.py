@@ -9,6 +9,8 @@ It prints the table in Markdown at the end, from the file.
     python benchmarks/quality_map.py --model class --n 2000  # results/quality_map_class_cpu_n2000.*
     python benchmarks/quality_map.py --model time --n 2000
     python benchmarks/quality_map.py --model class --n 2000 --table
+    python benchmarks/quality_map.py --model class --n 2000 --settings headline --seed 1
+    python benchmarks/quality_map.py --model class --n 2000 --spread  # seeds 0, 1, 2
     python benchmarks/quality_map.py --weights runs/class_v2/last.safetensors --raw \
         --label class_v2_raw --settings headline --n 2000  # results/quality_map_class_v2_raw_*
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -71,11 +74,11 @@ TIME_SETTINGS = [
 # A few settings that tell weights apart (raw against EMA, one run against another).
 HEADLINE = {
     "class": [
-        {**DPMPP_20, "eta": 0.0, "guidance_scale": 5.0, **INTERVAL},  # the fast preset
-        {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.0},
-        {**DPMPP_20, "eta": 0.5, "guidance_scale": 3.0, **INTERVAL},
+        {**DPMPP_20, "eta": 0.0, "guidance_scale": 2.5, "guidance_interval": (30, 240), **MEAN},
+        {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.0, **MEAN},
+        {**DPMPP_20, "eta": 0.0, "guidance_scale": 5.0, **INTERVAL},
     ],
-    "time": [{**DPMPP_20, "eta": 0.0}, {**DPMPP_20, "eta": 1.0}],
+    "time": [{**DPMPP_20, "eta": 1.0, **MEAN}, {**DPMPP_20, "eta": 0.0, **MEAN}],
 }
 
 
@@ -135,12 +138,43 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def spread(paths: list[Path], settings: list[dict]) -> str:
+    """MNIST-FID and guided accuracy of each setting over the sample seeds measured."""
+    rows = [json.loads(line) for path in paths if path.exists() for line in path.open()]
+    lines = [
+        "| setting | seeds | MNIST-FID per seed | mean ± sd | guided acc. per seed |",
+        "| --- | --- | --- | ---: | --- |",
+    ]
+    for setting in settings:
+        found = sorted(
+            (r for r in rows if key(r["setting"]) == key(setting)), key=lambda r: r["seed"]
+        )
+        if not found:
+            continue
+        fids = [r["mnist_fid"] for r in found]
+        accuracy = " / ".join(
+            f"{r['guided_accuracy']:.4f}" for r in found if "guided_accuracy" in r
+        )
+        lines.append(
+            f"| {', '.join(f'{name} {value}' for name, value in setting.items())} "
+            f"| {', '.join(str(r['seed']) for r in found)} "
+            f"| {' / '.join(f'{f:.2f}' for f in fids)} "
+            f"| {statistics.mean(fids):.2f} ± {statistics.stdev(fids) if len(fids) > 1 else 0:.2f} "
+            f"| {accuracy or '—'} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("class", "time"), default="class")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--table", action="store_true", help="only print the table so far")
+    parser.add_argument(
+        "--spread", action="store_true",
+        help="only print the headline settings over seeds 0, 1, 2 (from their files)",
+    )  # fmt: skip
     parser.add_argument("--weights", help="a checkpoint to map instead of the shipped --model")
     parser.add_argument("--raw", action="store_true", help="its raw weights, not its EMA copy")
     parser.add_argument("--label", help="names the results file (default: the model kind)")
@@ -157,9 +191,17 @@ def main() -> None:
     if torch.cuda.is_available():
         model = model.cuda()
     where = "gpu" if model.device.type == "cuda" else "cpu"
-    args.out = RESULTS / f"quality_map_{args.label or args.model}_{where}_n{args.n}.jsonl"
+    seed = f"_seed{args.seed}" if args.seed else ""  # other sample seeds: the spread
+    args.out = RESULTS / f"quality_map_{args.label or args.model}_{where}_n{args.n}{seed}.jsonl"
     if args.table:
         print(table(args.out))
+        return
+    if args.spread:
+        base = RESULTS / f"quality_map_{args.label or args.model}_{where}_n{args.n}"
+        paths = [base.with_suffix(".jsonl")] + [
+            base.parent / f"{base.name}_seed{seed}.jsonl" for seed in (1, 2)
+        ]
+        print(spread(paths, HEADLINE[args.model]))
         return
     done = set()
     if args.out.exists():
