@@ -129,9 +129,10 @@ def add_noise(clean: torch.Tensor, sigma: float, generator: torch.Generator) -> 
 def mean_images(data_dir: Path | str | None = None) -> torch.Tensor:
     """The mean training image of each digit and then of all digits: (11, 1, 28, 28) in [0, 1].
 
-    Sampling with `start="mean"` puts these under the noise at t = T (see
-    GaussianDiffusion.start). They ship as weights/mnist_means.safetensors, written by
-    `save_file({"means": mean_images()}, ...)`, so sampling needs no MNIST on disk.
+    Sampling with `start="mean"` starts from the forward process at t = T applied to these
+    (x_T = √ᾱ_T·μ + √(1 − ᾱ_T)·z; see sampling.py). They ship as
+    weights/mnist_means.safetensors, written by `save_file({"means": mean_images()}, ...)`,
+    so sampling needs no MNIST on disk.
     """
     images, labels = load_split("train", data_dir)
     pixels = to_unit(images).double()
