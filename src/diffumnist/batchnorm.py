@@ -1,4 +1,4 @@
-"""BatchNorm across data-parallel ranks: statistics of the global batch, or averaged.
+"""BatchNorm across data-parallel ranks, and running statistics measured afresh.
 
 With several ranks, each sees only its share of a batch. `GlobalBatchNorm2d` (the default,
 `--batchnorm global`) takes the statistics over every rank's share, so N processes train
@@ -6,9 +6,15 @@ the run one process trains. `--batchnorm local` normalises each share by itself,
 DDP does: fewer messages, but a different run (noisier statistics from smaller batches);
 `average_buffers` then keeps the replicas' running statistics, and their EMA copies,
 identical after every step.
+
+`remeasure_running_statistics` measures the running statistics again for the weights a
+network holds now: what an EMA copy needs, since the statistics it carries were measured
+on other weights.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -120,3 +126,33 @@ def use_global_batchnorm(net: nn.Module) -> nn.Module:
         else:
             use_global_batchnorm(child)
     return net
+
+
+@torch.no_grad()
+def remeasure_running_statistics(
+    net: nn.Module, forward: Callable[[], object], batches: int
+) -> None:
+    """Set every BatchNorm's running mean and variance of `net` to their plain average over
+    `batches` calls of `forward()` (which runs `net` on one training batch) in train mode.
+
+    An EMA copy averages weights, and its BatchNorm statistics are an average of statistics
+    measured on the raw weights of every step, which are not the activations the averaged
+    weights produce. SWA measures them afresh on the final weights (Izmailov et al. 2018,
+    torch.optim.swa_utils.update_bn); this does the same for networks that also take a
+    timestep and a class, which update_bn cannot pass. Gradients, weights and the network's
+    mode are left as they were.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    was_training = net.training
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches, not an EMA
+    net.train()
+    try:
+        for _ in range(batches):
+            forward()
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        net.train(was_training)

@@ -154,18 +154,3 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         rng_state=tensors.get("rng_state"),
         meta=header.get("meta", {}),
     )
-
-
-def export_weights(source: Path | str, target: Path | str, use_ema: bool, half: bool) -> None:
-    """Write a weights-only checkpoint (no optimizer or RNG state) for sampling or shipping.
-
-    `use_ema` picks the EMA weights; `half` stores floats as fp16 (loaded back as fp32).
-    """
-    ckpt = load_checkpoint(source)
-    if use_ema and ckpt.ema_weights is None:
-        raise CheckpointError(f"{source} holds no EMA weights")
-    weights = ckpt.ema_weights if use_ema else ckpt.weights
-    if half:
-        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    meta = {**ckpt.meta, "ema": use_ema, "storage": "fp16" if half else "fp32"}
-    save_checkpoint(target, Checkpoint(ckpt.model_config, weights, meta=meta))

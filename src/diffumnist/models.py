@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffumnist.checkpoint import CheckpointError, load_checkpoint
-from diffumnist.config import ConfigError, ModelConfig, is_integer
-from diffumnist.data import shipped_mean_images, to_uint8
+from diffumnist.batchnorm import remeasure_running_statistics
+from diffumnist.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from diffumnist.config import ConfigError, ModelConfig, TrainConfig, is_integer
+from diffumnist.data import load_split, shipped_mean_images, to_uint8, to_unit
 from diffumnist.diffusion import GaussianDiffusion
 from diffumnist.inference import inference_net
 from diffumnist.kinds import build_net, get_kind
@@ -37,6 +38,8 @@ from diffumnist.sampling import (
 )
 
 MAX_SAMPLES_PER_CALL = 10_000
+# Images per batch when BatchNorm statistics are measured afresh (remeasure_batchnorm).
+REMEASURE_BATCH_SIZE = 512
 # The animation is kept in memory as uint8; past this a request must take fewer frames.
 MAX_FRAME_BYTES = 2**30
 
@@ -125,6 +128,39 @@ class DiffusionModel(nn.Module):
         )
         return self.generate(c, config, n=n, img_wh=img_wh, frame_every=frame_every,
                              callback=callback)  # fmt: skip
+
+    def remeasure_batchnorm(
+        self,
+        data_dir: Path | str | None = None,
+        batches: int = 100,
+        batch_size: int = REMEASURE_BATCH_SIZE,
+        seed: int = 0,
+        precision: str = "auto",
+    ) -> None:
+        """Measure the BatchNorm running statistics afresh for the weights held now, on
+        `batches` random training batches drawn as training draws them (random t and ε,
+        the class dropped with the recipe's p_uncond); see
+        batchnorm.remeasure_running_statistics for why EMA weights need it.
+
+        Deterministic for a seed on one machine; the network is left in eval mode.
+        """
+        images, labels = load_split("train", data_dir)
+        device = self.device
+        recipe = TrainConfig(kind=self.config.kind)
+        chosen = resolve_precision(precision, device)
+        generator = torch.Generator().manual_seed(seed)
+
+        def forward() -> None:
+            index = torch.randint(len(images), (batch_size,), generator=generator)
+            draws = self.kind.draw(batch_size, generator, self.diffusion, recipe)
+            draws = {name: value.to(device) for name, value in draws.items()}
+            x0 = to_unit(images[index]).to(device)
+            with autocast(device, chosen):
+                self.kind.loss(self.net, x0, labels[index].to(device), draws, self.diffusion,
+                               recipe)  # fmt: skip
+
+        remeasure_running_statistics(self.net, forward, batches)
+        self.net.eval()
 
     @torch.inference_mode()
     def generate(
@@ -241,3 +277,40 @@ def load(path: Path | str, use_ema: bool = True) -> DiffusionModel | Denoiser:
         raise CheckpointError(f"{path} holds no diffusion model (the MNIST judge, perhaps)")
     weights = ckpt.ema_weights if use_ema and ckpt.ema_weights is not None else ckpt.weights
     return model_from_weights(ckpt.model_config, weights)
+
+
+def export_weights(
+    source: Path | str,
+    target: Path | str,
+    *,
+    use_ema: bool = True,
+    half: bool = False,
+    remeasure_batches: int = 0,
+    data_dir: Path | str | None = None,
+) -> None:
+    """Write a weights-only checkpoint (no optimizer or RNG state) for sampling or shipping.
+
+    `use_ema` picks the EMA weights where the file has them, as `load` does; `half` stores
+    floats as fp16 (loaded back as fp32);
+    `remeasure_batches` > 0 measures a diffusion model's BatchNorm statistics afresh on
+    that many training batches (DiffusionModel.remeasure_batchnorm) before writing. The
+    file's metadata records each choice.
+    """
+    ckpt = load_checkpoint(source)
+    meta = {**ckpt.meta, "storage": "fp16" if half else "fp32"}
+    weights = ckpt.weights
+    if ckpt.ema_weights is not None:  # else a weights-only file: its one set of weights
+        weights = ckpt.ema_weights if use_ema else ckpt.weights
+        meta["ema"] = use_ema
+    if remeasure_batches:
+        if ckpt.model_config is None or not get_kind(ckpt.model_config.kind).samples:
+            raise ConfigError("only time and class models have BatchNorm statistics to remeasure")
+        model = model_from_weights(ckpt.model_config, weights)
+        model.remeasure_batchnorm(data_dir, remeasure_batches)
+        weights = model.net.state_dict()
+        meta["batchnorm_remeasured"] = {
+            "batches": remeasure_batches, "batch_size": REMEASURE_BATCH_SIZE,
+        }  # fmt: skip
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    save_checkpoint(target, Checkpoint(ckpt.model_config, weights, meta=meta))
