@@ -5,10 +5,10 @@ Ran once on a lent H100 (`benchmarks/results/eval_h100.json`):
     OUT=out PYTHONPATH=src DIFFUMNIST_DATA=... python benchmarks/eval_table.py 270
 
 The first argument is a time budget in seconds after which further settings are skipped.
-`gpu/carry/class_{raw,ema}.safetensors` and `time_raw.safetensors` are weights-only exports
-(`diffumnist.checkpoint.export_weights`) of the training run's checkpoint, which is not kept
-in the repository; each row equals `diffumnist eval CKPT --n 10000 --guidance-scale G
---batch-size 2500 --device cuda`.
+`gpu/carry/class_{raw,ema}.safetensors` and `time_raw.safetensors` are weights-only
+exports (`diffumnist export RUN/last.safetensors --out FILE --fp16 [--raw]`) of the
+training run's checkpoint, which is not kept in the repository; each row equals
+`diffumnist eval CKPT --n 10000 --guidance-scale G --batch-size 2500 --device cuda`.
 """
 
 import json
