@@ -272,6 +272,16 @@ def test_sample_says_which_settings_it_used(capsys, class_ckpt, tmp_path):
     assert line.endswith(("bf16", "fp32"))
 
 
+def test_the_time_model_gets_its_own_preset(capsys, make_checkpoint, tmp_path):
+    ckpt = make_checkpoint("time", hidden_dim=8, num_timesteps=10)
+    argv = ["sample", str(ckpt), "--n", "1", "--out", str(tmp_path / "g.png"),
+            "--preset", "fast", "--steps", "4", "--seed", "3"]  # fmt: skip
+    assert main(argv) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    # η = 1 (the unguided model's better solver), and no γ, which it would ignore
+    assert line.startswith("sampling: dpmpp 4 steps, η = 1, from the mean digit, seed 3"), line
+
+
 @pytest.mark.parametrize("interval", ["8,1", "1", "a,b", "-1,5", "1,99"])
 def test_bad_guidance_intervals_are_one_line_and_exit_2(capsys, class_ckpt, tmp_path, interval):
     argv = ["sample", str(class_ckpt), "--out", str(tmp_path / "g.png"),

@@ -137,16 +137,23 @@ def test_presets_resolve_to_their_settings_and_explicit_values_win(tiny_class_mo
     documented = SamplingConfig(  # README "Sample quality": the best legible at <= 40 NFE
         sampler="dpmpp", steps=20, guidance_scale=2.5, guidance_interval=(30, 240), start="mean"
     )
-    assert PRESETS["fast"] == documented
-    assert PRESETS["best"] == documented.replace(steps=50)
+    assert PRESETS["class"]["fast"] == documented
+    assert PRESETS["class"]["best"] == documented.replace(steps=50)
+    # the time model, which has no classes to guide: the SDE from the mean (README)
+    time_fast = SamplingConfig(sampler="dpmpp", steps=20, eta=1.0, start="mean")
+    assert SamplingConfig.from_preset("fast", "time") == time_fast
+    assert SamplingConfig.from_preset("recipe", "time") == SamplingConfig()
+    assert SamplingConfig.from_preset("fast", "time", eta=0.5).eta == 0.5
     assert SamplingConfig.from_preset("fast", start="noise").start == "noise"
     fast = SamplingConfig.from_preset("fast", seed=3)
-    assert (fast.sampler, fast.seed) == (PRESETS["fast"].sampler, 3)
+    assert (fast.sampler, fast.seed) == (PRESETS["class"]["fast"].sampler, 3)
     assert SamplingConfig.from_preset("fast", guidance_scale=2.0).guidance_scale == 2.0
     # a new sampler drops the preset's sampler-specific steps
     assert SamplingConfig.from_preset("fast", sampler="ddpm").steps is None
     with pytest.raises(ConfigError, match="preset must be one of"):
         SamplingConfig.from_preset("fastest")
+    with pytest.raises(ConfigError, match="model kind must be one of"):
+        SamplingConfig.from_preset("fast", "denoiser")
     # (the tiny model has T = 20, so the preset's interval is replaced)
     a, _ = tiny_class_model.sample([1], preset="fast", seed=2, guidance_interval=(3, 12))
     b, _ = tiny_class_model.generate([1], fast.replace(seed=2, guidance_interval=(3, 12)))

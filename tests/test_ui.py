@@ -277,7 +277,13 @@ def test_ddpm_steps_are_not_editable(page):
     assert page.input_value("#start") == "noise"  # the recipe starts from pure noise
     page.click("#preset-fast")
     assert page.input_value("#sampler") == "dpmpp" and page.input_value("#steps") == "20"
-    assert page.input_value("#start") == PRESETS["fast"].start
+    assert page.input_value("#start") == PRESETS["class"]["fast"].start
+    # the time model's fast preset: the SDE (η = 1), and no γ
+    page.check("input[name='model'][value='time']")
+    assert page.input_value("#eta") == "1" and page.is_disabled("#guidance")
+    assert "γ" not in page.inner_text("#preset-help")
+    page.check("input[name='model'][value='class']")
+    assert page.input_value("#eta") == "0" and page.input_value("#guidance") == "2.5"
     for name in ("sampler", "steps", "eta", "start", "guidance_scale", "guidance_interval",
                  "seed"):  # fmt: skip
         assert "Range:" in page.inner_text(f"#help-{name}")
@@ -467,6 +473,8 @@ def test_a_generate_request_starts_from_the_fast_preset():
     assert request.sampling.sampler == "dpmpp" and request.sampling.steps == 20
     recipe = parse_generate({"sampler": "ddpm", "guidance_interval": None}, num_timesteps=300)
     assert recipe.sampling.steps == 300 and recipe.sampling.guidance_interval is None
+    time = parse_generate({"model": "time", "count": 2}, num_timesteps=300)
+    assert time.sampling == PRESETS["time"]["fast"].replace(steps=20)
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ from diffumnist.kinds import KIND_NAMES, KINDS
 from diffumnist.launcher import WorkerFailed, launch
 from diffumnist.models import REMEASURE_BATCH_SIZE
 from diffumnist.runtime import describe_precision, resolve_device, resolve_precision
-from diffumnist.sampling import SamplingConfig
+from diffumnist.sampling import PRESETS, SamplingConfig
 from diffumnist.train import (
     CHECKPOINT_NAME,
     Trainer,
@@ -168,6 +168,13 @@ def _load_on_device(value: str | None, device_name: str):
     return model.to(resolve_device(device_name))
 
 
+def _model_sampling(args: argparse.Namespace, model) -> SamplingConfig:
+    """The sampling flags over the preset of `model`'s kind (a denoiser, which does not
+    sample, reads only --precision from them)."""
+    kind = model.config.kind if model.kind.samples else "class"
+    return sampling_config(args, model.device, kind)
+
+
 def _launches_ranks(
     args: argparse.Namespace, device_name: str, preflight: Callable[[], object]
 ) -> bool:
@@ -290,10 +297,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = _load_on_device(args.checkpoint, args.device)
     if not model.kind.samples:
         raise ConfigError(f"{args.checkpoint} is a single-step denoiser; it cannot sample")
-    config = sampling_config(args, model.device)
+    config = _model_sampling(args, model)
     config.num_steps(model.diffusion.num_timesteps)
     print(describe_precision(model.device, getattr(args, "precision", "auto")))
-    print(f"sampling: {config.describe()}")
+    print(f"sampling: {config.describe(guided=model.kind.conditional)}")
     write_samples(model, config, digits, args.per_digit, args.n, args.scale, args.out,
                   args.gif, args.npz)  # fmt: skip
     return 0
@@ -318,7 +325,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             return 0
         with process_group(args.device) as world:
             model = _eval_model(args)
-            config = sampling_config(args, model.device)
+            config = _model_sampling(args, model)
             if not model.kind.samples:
                 rows = evaluate.denoiser_robustness(
                     model, args.data_dir, args.seed, limit=args.n, precision=config.precision
@@ -348,7 +355,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _eval_model(args: argparse.Namespace):
     """The checkpoint to evaluate, on its device, checked against the other flags."""
     model = _load_on_device(args.checkpoint, args.device)
-    config = sampling_config(args, model.device)
+    config = _model_sampling(args, model)
     if model.kind.samples:
         config.num_steps(model.diffusion.num_timesteps)
     elif args.nproc > 1 or launched_by_torchrun():
@@ -391,7 +398,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_figures(args: argparse.Namespace) -> int:
     from diffumnist.figures import draw_all
 
-    sampling = sampling_config(args, resolve_device("auto"))
+    device = resolve_device("auto")
+    sampling = {kind: sampling_config(args, device, kind) for kind in PRESETS}
     for path in draw_all(args.out, args.runs, args.data_dir, sampling):
         print(path)
     return 0

@@ -42,7 +42,7 @@ def batch_seed(seed: int, batch_index: int) -> int:
 def generate(
     model: DiffusionModel,
     n: int,
-    config: SamplingConfig = PRESETS["recipe"],
+    config: SamplingConfig = PRESETS["class"]["recipe"],
     batch_size: int = 500,
     progress: bool = True,
     world: World = SINGLE_PROCESS,

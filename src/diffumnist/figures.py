@@ -9,6 +9,7 @@ seeds, so the pictures are the same on every run on the same machine.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -128,14 +129,15 @@ def epochs_animation(runs: Path, out: Path) -> Path:
     return path
 
 
-def process_animations(out: Path, sampling: SamplingConfig) -> list[Path]:
-    """The sampler at work: time model (10 samples), class model (digits 0-9)."""
+def process_animations(out: Path, sampling: Mapping[str, SamplingConfig]) -> list[Path]:
+    """The sampler at work: time model (10 samples), class model (digits 0-9); `sampling`
+    holds each kind's settings."""
     paths = []
     for kind in ("time", "class"):
         model = load_pretrained(kind)
         c = torch.arange(10) if model.kind.conditional else None
         samples, frames = model.generate(
-            c, sampling.replace(seed=SEED), n=None if c is not None else 10
+            c, sampling[kind].replace(seed=SEED), n=None if c is not None else 10
         )
         save_grid(samples, out / f"{kind}_final.png", nrow=10, scale=2)
         save_gif(frames, out / f"{kind}_process.gif", nrow=10)
@@ -156,14 +158,18 @@ def guidance_strip(out: Path, sampling: SamplingConfig) -> Path:
 
 
 def draw_all(
-    out: Path, runs: Path, data_dir: Path | None = None, sampling: SamplingConfig | None = None
+    out: Path,
+    runs: Path,
+    data_dir: Path | None = None,
+    sampling: Mapping[str, SamplingConfig] | None = None,
 ) -> list[Path]:
     """Draw every figure into `out`; returns the paths written.
 
-    `sampling` applies to the figures drawn from the shipped models (their seeds and the
-    guidance strip's scales are the figures' own); the default is the recipe.
+    `sampling` maps "time" and "class" to the settings of the figures drawn from the shipped
+    models (their seeds and the guidance strip's scales are the figures' own); the default
+    is the recipe.
     """
-    sampling = sampling or SamplingConfig()
+    sampling = sampling or {"time": SamplingConfig(), "class": SamplingConfig()}
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -173,5 +179,5 @@ def draw_all(
     paths += epoch_samples(runs, out)
     paths.append(epochs_animation(runs, out))
     paths += process_animations(out, sampling)
-    paths.append(guidance_strip(out, sampling))
+    paths.append(guidance_strip(out, sampling["class"]))
     return paths

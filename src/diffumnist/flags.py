@@ -17,7 +17,14 @@ import torch
 
 from diffumnist.config import BatchNormMode, ConfigError, DeviceName, Precision, TrainConfig
 from diffumnist.runtime import resolve_precision
-from diffumnist.sampling import PRESETS, SAMPLER_NAMES, SEED_RANGE, SamplingConfig, StartName
+from diffumnist.sampling import (
+    PRESET_NAMES,
+    PRESETS,
+    SAMPLER_NAMES,
+    SEED_RANGE,
+    SamplingConfig,
+    StartName,
+)
 
 _FLAG_TYPES = {"int": int, "float": float}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -143,12 +150,13 @@ def add_sampling_flags(parser: argparse.ArgumentParser, seed: int | None = None)
     seed None: the command fixes its own seeds and offers no --seed.
     """
     group = parser.add_argument_group(
-        "sampling", "Settings default to the --preset's; any flag given overrides it.\n  "
-        + "\n  ".join(
-            f"{name}: {preset.describe(with_seed=False)}" for name, preset in PRESETS.items()
+        "sampling", "Settings default to the --preset's for the model's kind; any flag given "
+        "overrides it.\n  " + "\n  ".join(
+            f"{name} ({kind}): {presets[name].describe(with_seed=False, guided=kind == 'class')}"
+            for name in PRESET_NAMES for kind, presets in PRESETS.items()
         ),
     )  # fmt: skip
-    group.add_argument("--preset", choices=tuple(PRESETS), default="recipe",
+    group.add_argument("--preset", choices=PRESET_NAMES, default="recipe",
                        help="named sampling settings (README: quality map)")  # fmt: skip
     for field in dataclasses.fields(SamplingConfig):
         if field.name == "seed" and seed is None:
@@ -165,11 +173,18 @@ def add_sampling_flags(parser: argparse.ArgumentParser, seed: int | None = None)
         group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
 
 
-def sampling_config(args: argparse.Namespace, device: torch.device) -> SamplingConfig:
-    """The flags' SamplingConfig, its precision resolved for `device` (so it can be shown)."""
-    given = {name: value for name, value in vars(args).items() if name in _SAMPLING_FIELDS}
-    config = SamplingConfig.from_preset(args.preset, **given)
+def sampling_config(
+    args: argparse.Namespace, device: torch.device, kind: str = "class"
+) -> SamplingConfig:
+    """The flags' SamplingConfig for a model of `kind`, its precision resolved for `device`
+    (so it can be shown)."""
+    config = SamplingConfig.from_preset(args.preset, kind, **sampling_overrides(args))
     return config.replace(precision=resolve_precision(config.precision, device))
+
+
+def sampling_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The sampling flags given on the command line (those that override the preset)."""
+    return {name: value for name, value in vars(args).items() if name in _SAMPLING_FIELDS}
 
 
 def add_nproc_flag(parser: argparse.ArgumentParser, help_text: str) -> None:

@@ -124,7 +124,7 @@ class DiffusionModel(nn.Module):
             "precision": precision,
         }  # fmt: skip
         config = SamplingConfig.from_preset(
-            preset, **{name: value for name, value in given.items() if value is not None}
+            preset, self.config.kind, **{k: v for k, v in given.items() if v is not None}
         )
         return self.generate(c, config, n=n, img_wh=img_wh, frame_every=frame_every,
                              callback=callback)  # fmt: skip

@@ -36,7 +36,7 @@ class GenerateRequest:
     model: str = "class"
     digits: tuple[int, ...] = (5,)
     count: int = 1  # images from the time model, which takes no digits
-    sampling: SamplingConfig = field(default_factory=lambda: PRESETS[PAGE_PRESET])
+    sampling: SamplingConfig = field(default_factory=lambda: PRESETS["class"][PAGE_PRESET])
 
 
 def _accepts(num_timesteps: int, **settings: Any) -> bool:
@@ -54,7 +54,10 @@ def form_info(num_timesteps: int) -> dict[str, Any]:
     T = num_timesteps
     return {
         "preset": PAGE_PRESET,
-        "presets": {name: config.to_dict() for name, config in PRESETS.items()},
+        "presets": {
+            kind: {name: config.to_dict() for name, config in presets.items()}
+            for kind, presets in PRESETS.items()
+        },
         "help": {f.name: f.metadata["help"] for f in fields(SamplingConfig)},
         "samplers": list(SAMPLER_NAMES),
         "starts": list(get_args(StartName)),
@@ -117,7 +120,7 @@ def parse_generate(payload: object, num_timesteps: int) -> GenerateRequest:
     for name in ("sampler", "eta", "start", "guidance_scale", "seed"):
         if name in settings and settings[name] is None:
             raise ConfigError(f"{name} needs a value; got nothing")
-    config = SamplingConfig.from_preset(PAGE_PRESET, **settings)
+    config = SamplingConfig.from_preset(PAGE_PRESET, model, **settings)
     config = config.replace(steps=config.num_steps(num_timesteps))
     return GenerateRequest(model=model, digits=digits, count=count, sampling=config)
 

@@ -78,6 +78,7 @@ let shownResult = null; // {done, stem} of the result on screen
 let clickedAt = 0;
 
 const SAMPLING_INPUTS = ["sampler", "steps", "eta", "start", "guidance", "gi-low", "gi-high"];
+let activePreset = null; // the preset whose settings the form holds, or null once edited
 
 function setupGenerateForm() {
   for (let digit = 0; digit <= 9; digit++) {
@@ -130,15 +131,18 @@ function pressDigits(pressed) {
   for (const button of $("digits").children) button.setAttribute("aria-pressed", String(pressed));
 }
 
-/** Preset buttons from the server's SamplingConfig presets; the page starts from its own. */
+const currentModel = () => document.querySelector('input[name="model"]:checked').value;
+const modelPresets = () => info.presets[currentModel()];
+
+/** Preset buttons from the server's SamplingConfig presets, which differ per model (the
+ *  time model has no classes to guide); the page starts from its own. */
 function setupPresets() {
-  const names = [info.preset, ...Object.keys(info.presets).filter((n) => n !== info.preset)];
-  for (const name of names) {
+  const all = Object.keys(modelPresets());
+  for (const name of [info.preset, ...all.filter((n) => n !== info.preset)]) {
     const button = document.createElement("button");
     button.type = "button";
     button.id = `preset-${name}`;
     button.textContent = name;
-    button.title = describeSampling(info.presets[name]);
     button.addEventListener("click", () => applyPreset(name));
     $("presets").append(button);
   }
@@ -146,7 +150,7 @@ function setupPresets() {
 }
 
 function applyPreset(name) {
-  const preset = info.presets[name];
+  const preset = modelPresets()[name];
   $("sampler").value = preset.sampler;
   onSamplerChange(preset.steps ?? info.default_steps[preset.sampler]);
   $("eta").value = preset.eta;
@@ -158,11 +162,15 @@ function applyPreset(name) {
 }
 
 function markPreset(name) {
+  activePreset = name;
+  const guided = currentModel() === "class";
   for (const button of $("presets").children) {
-    button.setAttribute("aria-pressed", String(button.id === `preset-${name}`));
+    const preset = button.id.slice("preset-".length);
+    button.setAttribute("aria-pressed", String(preset === name));
+    button.title = describeSampling(modelPresets()[preset], guided);
   }
   $("preset-help").textContent = name
-    ? `${name}: ${describeSampling(info.presets[name])}`
+    ? `${name}: ${describeSampling(modelPresets()[name], guided)}`
     : "custom settings (a preset button restores its settings)";
 }
 
@@ -205,17 +213,20 @@ function writeHelp() {
   }
 }
 
+/** Switching model keeps the chosen preset, with the new model's settings for it. */
 function onModelChange() {
-  const timeModel = document.querySelector('input[name="model"]:checked').value === "time";
+  const timeModel = currentModel() === "time";
   $("digits-field").hidden = timeModel;
   $("count-field").hidden = !timeModel;
   for (const id of ["guidance", "gi-low", "gi-high"]) $(id).disabled = timeModel;
+  if (activePreset) applyPreset(activePreset);
+  else markPreset(null);
 }
 
 /** The request for the form as it stands; throws an Error naming a blank or bad field.
  *  With "new seed each time" a fresh seed goes into the seed field first. */
 function readGenerateForm() {
-  const model = document.querySelector('input[name="model"]:checked').value;
+  const model = currentModel();
   const body = {
     model,
     sampler: $("sampler").value,
