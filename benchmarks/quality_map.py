@@ -37,6 +37,7 @@ ODE_SDE = (0.0, 0.5, 1.0)  # η: deterministic, half, fully stochastic
 DPMPP_20 = {"sampler": "dpmpp", "steps": 20}
 INTERVAL = {"guidance_interval": (30, 180)}
 MEAN = {"start": "mean"}
+WEAK = {"guide": "weak"}  # autoguidance by the shipped weak twin (time_weak.safetensors)
 # The class model: ODE against SDE at each γ, and guidance limited to 30 < t <= 180.
 CLASS_SETTINGS = [
     *({**DPMPP_20, "eta": 0.0, "guidance_scale": g} for g in (1.0, 3.0, 5.0)),
@@ -70,6 +71,9 @@ TIME_SETTINGS = [
     *({**DPMPP_20, "eta": eta} for eta in ODE_SDE),
     {"sampler": "ddim", "steps": 20, "eta": 1.0},
     *({**DPMPP_20, "eta": eta, **MEAN} for eta in (0.0, 1.0, 0.5)),
+    # autoguidance: γ extrapolates away from the weak twin, the time model's only guidance
+    *({**DPMPP_20, "eta": 0.0, "guidance_scale": g, **MEAN, **WEAK} for g in (2.0, 1.5, 3.0)),
+    {**DPMPP_20, "eta": 0.5, "guidance_scale": 2.0, **MEAN, **WEAK},
 ]
 # A few settings that tell weights apart (raw against EMA, one run against another).
 HEADLINE = {
@@ -118,9 +122,9 @@ def measure(model, setting: dict, n: int, seed: int) -> dict:
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line]
     lines = [
-        "| sampler | steps | η | γ | interval | start | NFE | MNIST-FID (floor) | precision "
-        "| recall | guided acc. |",
-        "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| sampler | steps | η | γ | interval | guide | start | NFE | MNIST-FID (floor) "
+        "| precision | recall | guided acc. |",
+        "| --- | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         s = row["setting"]
@@ -130,7 +134,9 @@ def table(path: Path) -> str:
         accuracy = f"{row['guided_accuracy']:.3f}" if "guided_accuracy" in row else "—"
         lines.append(
             f"| {s['sampler']} | {s.get('steps', 300)} | {s.get('eta', 0):g} "
-            f"| {s.get('guidance_scale', '—')} | {interval} | {s.get('start', 'noise')} "
+            f"| {s.get('guidance_scale', '—')} | {interval} "
+            f"| {s.get('guide', 'CFG' if 'guided_accuracy' in row else '—')} "
+            f"| {s.get('start', 'noise')} "
             f"| {row['nfe_per_image']} "
             f"| {row['mnist_fid']:.2f} ({row['mnist_fid_floor']:.2f}) | {row['precision']:.3f} "
             f"| {row['recall']:.3f} | {accuracy} |"

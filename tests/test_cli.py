@@ -274,12 +274,16 @@ def test_sample_says_which_settings_it_used(capsys, class_ckpt, tmp_path):
 
 def test_the_time_model_gets_its_own_preset(capsys, make_checkpoint, tmp_path):
     ckpt = make_checkpoint("time", hidden_dim=8, num_timesteps=10)
+    guide = make_checkpoint("time", hidden_dim=4, num_timesteps=10)
     argv = ["sample", str(ckpt), "--n", "1", "--out", str(tmp_path / "g.png"),
             "--preset", "fast", "--steps", "4", "--seed", "3"]  # fmt: skip
-    assert main(argv) == 0
+    assert main([*argv, "--guide", str(guide)]) == 0
     line = capsys.readouterr().out.splitlines()[1]
-    # η = 1 (the unguided model's better solver), and no γ, which it would ignore
-    assert line.startswith("sampling: dpmpp 4 steps, η = 1, from the mean digit, seed 3"), line
+    assert line.startswith(f"sampling: dpmpp 4 steps, γ = 2 from the {guide} guide, from the mean")
+    # the preset's shipped weak twin guides only models of its T (300): one line, exit 2
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "must match the model it guides" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("interval", ["8,1", "1", "a,b", "-1,5", "1,99"])

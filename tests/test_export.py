@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from diffumnist.batchnorm import remeasure_running_statistics
-from diffumnist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from diffumnist.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from diffumnist.cli import main
 from diffumnist.config import ModelConfig
 from diffumnist.kinds import build_net
@@ -61,7 +61,7 @@ def test_export_remeasures_only_the_statistics_deterministically(tmp_path, run_c
     a, b = load_checkpoint(first), load_checkpoint(second)
     assert a.ema_weights is None and a.optimizer is None
     assert a.meta["ema"] is True and a.meta["epoch"] == 3
-    assert a.meta["batchnorm_remeasured"] == {"batches": 2, "batch_size": 512}
+    assert a.meta["batchnorm_remeasured"] == {"batches": 2, "batch_size": 512, "precision": "fp32"}
     changed = [k for k in ema if _is_bn_statistic(k) and not torch.equal(a.weights[k], ema[k])]
     assert changed, "no BatchNorm statistic was measured afresh"
     for name, value in ema.items():
@@ -86,7 +86,8 @@ def test_export_command_and_its_one_line_errors(capsys, tmp_path, run_checkpoint
     source = str(run_checkpoint[0])
     out = tmp_path / "out.safetensors"
     assert main(["export", source, "--out", str(out), "--remeasure-bn", "1"]) == 0
-    assert "BatchNorm remeasured on 1 batches" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "EMA weights" in said and "fp32, BatchNorm remeasured on 1 batches" in said
     assert load_checkpoint(out).meta["batchnorm_remeasured"]["batches"] == 1
     denoiser = str(make_checkpoint("denoiser"))
     for argv, message in [
@@ -94,7 +95,27 @@ def test_export_command_and_its_one_line_errors(capsys, tmp_path, run_checkpoint
         ([source, "--out", str(out), "--remeasure-bn", "0"], "positive integer"),
         ([denoiser, "--out", str(out), "--remeasure-bn", "1"], "only time and class"),
         ([source, "--out", str(tmp_path / "missing" / "x.safetensors")], "cannot write"),
+        ([str(out), "--out", str(tmp_path / "y.safetensors"), "--raw"], "holds weights only"),
     ]:
         assert main(["export", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_a_run_without_ema_exports_only_with_raw(tmp_path, make_checkpoint):
+    config = ModelConfig(kind="time", hidden_dim=4, num_timesteps=5)
+    source = tmp_path / "run.safetensors"
+    weights = build_net(config).state_dict()
+    save_checkpoint(
+        source, Checkpoint(config, weights, optimizer={"state": {}, "param_groups": []})
+    )
+    with pytest.raises(CheckpointError, match="holds no EMA weights"):
+        export_weights(source, tmp_path / "a.safetensors")
+    shipped_like = tmp_path / "b.safetensors"
+    assert export_weights(source, shipped_like, use_ema=False)["ema"] is False
+    # fp16 in, fp32 out unless --fp16: the storage the metadata states
+    export_weights(shipped_like, tmp_path / "h.safetensors", half=True)
+    export_weights(tmp_path / "h.safetensors", tmp_path / "f.safetensors")
+    out = load_checkpoint(tmp_path / "f.safetensors")
+    assert out.meta["storage"] == "fp32" and out.meta["ema"] is False
+    assert all(v.dtype == torch.float32 for v in out.weights.values() if v.is_floating_point())

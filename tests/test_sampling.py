@@ -7,7 +7,7 @@ import torch
 
 from diffumnist.config import ConfigError, ModelConfig
 from diffumnist.data import shipped_mean_images
-from diffumnist.models import DiffusionModel
+from diffumnist.models import DiffusionModel, load
 from diffumnist.sampling import (
     PRESETS,
     SamplingConfig,
@@ -126,32 +126,34 @@ def test_network_evaluations_count_both_branches_only_inside_the_interval():
     config = SamplingConfig(sampler="dpmpp", steps=20, guidance_interval=(30, 180))
     visited = spaced_timesteps(300, 20)  # 300, 285, ..., 15
     inside = sum(30 < t <= 180 for t in visited)
-    assert network_evaluations(config, 300, guided=True) == 20 + inside == 30
-    assert network_evaluations(config, 300, guided=False) == 20
-    assert network_evaluations(SamplingConfig(), 300, guided=True) == 600
+    assert network_evaluations(config, 300, conditional=True) == 20 + inside == 30
+    assert network_evaluations(config, 300, conditional=False) == 20
+    assert network_evaluations(SamplingConfig(), 300, conditional=True) == 600
 
 
 def test_presets_resolve_to_their_settings_and_explicit_values_win(tiny_class_model):
-    assert SamplingConfig.from_preset("recipe") == SamplingConfig()
+    assert SamplingConfig.from_preset("recipe", "class") == SamplingConfig()
     assert SamplingConfig().sampler == "ddpm" and SamplingConfig().guidance_scale == 5.0
     documented = SamplingConfig(  # README "Sample quality": the best legible at <= 40 NFE
         sampler="dpmpp", steps=20, guidance_scale=2.5, guidance_interval=(30, 240), start="mean"
     )
     assert PRESETS["class"]["fast"] == documented
     assert PRESETS["class"]["best"] == documented.replace(steps=50)
-    # the time model, which has no classes to guide: the SDE from the mean (README)
-    time_fast = SamplingConfig(sampler="dpmpp", steps=20, eta=1.0, start="mean")
+    # the time model, which has no classes: autoguided by its weak twin (README)
+    time_fast = SamplingConfig(
+        sampler="dpmpp", steps=20, guidance_scale=2.0, guide="weak", start="mean"
+    )
     assert SamplingConfig.from_preset("fast", "time") == time_fast
     assert SamplingConfig.from_preset("recipe", "time") == SamplingConfig()
     assert SamplingConfig.from_preset("fast", "time", eta=0.5).eta == 0.5
-    assert SamplingConfig.from_preset("fast", start="noise").start == "noise"
-    fast = SamplingConfig.from_preset("fast", seed=3)
+    assert SamplingConfig.from_preset("fast", "class", start="noise").start == "noise"
+    fast = SamplingConfig.from_preset("fast", "class", seed=3)
     assert (fast.sampler, fast.seed) == (PRESETS["class"]["fast"].sampler, 3)
-    assert SamplingConfig.from_preset("fast", guidance_scale=2.0).guidance_scale == 2.0
+    assert SamplingConfig.from_preset("fast", "class", guidance_scale=2.0).guidance_scale == 2.0
     # a new sampler drops the preset's sampler-specific steps
-    assert SamplingConfig.from_preset("fast", sampler="ddpm").steps is None
+    assert SamplingConfig.from_preset("fast", "class", sampler="ddpm").steps is None
     with pytest.raises(ConfigError, match="preset must be one of"):
-        SamplingConfig.from_preset("fastest")
+        SamplingConfig.from_preset("fastest", "class")
     with pytest.raises(ConfigError, match="model kind must be one of"):
         SamplingConfig.from_preset("fast", "denoiser")
     # (the tiny model has T = 20, so the preset's interval is replaced)
@@ -210,3 +212,57 @@ def test_a_bad_start_is_a_one_line_error():
     with pytest.raises(ConfigError, match="start must be one of"):
         SamplingConfig(start="zeros")
     assert "from the mean digit" in SamplingConfig(start="mean").describe()
+
+
+class _Counting(torch.nn.Module):
+    """A network wrapper that counts its calls and can scale its output."""
+
+    def __init__(self, net: torch.nn.Module, factor: float = 1.0) -> None:
+        super().__init__()
+        self.net, self.factor, self.calls = net, factor, 0
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(*inputs) * self.factor
+
+
+@pytest.mark.parametrize("kind", ["time", "class"])
+def test_autoguidance_extrapolates_from_the_guide_inside_the_interval(kind):
+    torch.manual_seed(0)
+    model = DiffusionModel(ModelConfig(kind=kind, hidden_dim=8, num_timesteps=20)).eval()
+    onehot = torch.eye(10)[:2] if kind == "class" else None
+    x, t = torch.randn(2, 1, 28, 28), 15
+    frac = model.diffusion.time_fraction(torch.full((2,), t))
+    inputs = (x, frac) if onehot is None else (x, frac, onehot)
+    guide = _Counting(model.net, factor=0.5)  # a "weaker" twin: half the prediction
+    with torch.no_grad():
+        eps = model.net(*inputs)
+        guided = make_eps_fn(model.net, model.diffusion, onehot, 3.0, (10, 20), guide)(x, t)
+        torch.testing.assert_close(guided, 0.5 * eps + 3.0 * (eps - 0.5 * eps))
+        outside = make_eps_fn(model.net, model.diffusion, onehot, 3.0, (0, 10), guide)(x, t)
+        assert torch.equal(outside, eps) and guide.calls == 1  # not asked outside
+        only_guide = make_eps_fn(model.net, model.diffusion, onehot, 0.0, None, guide)(x, t)
+        torch.testing.assert_close(only_guide, 0.5 * eps)
+    config = SamplingConfig(sampler="dpmpp", steps=4, guidance_scale=2.0, guide="weak")
+    assert network_evaluations(config, 20, conditional=False) == 8
+    assert network_evaluations(config.replace(guide=None), 20, conditional=False) == 4
+
+
+def test_a_guide_that_is_the_model_itself_changes_nothing(make_checkpoint):
+    path = make_checkpoint("time", hidden_dim=8, num_timesteps=10)
+    model = load(path)
+    config = SamplingConfig(sampler="dpmpp", steps=5, eta=1.0, guidance_scale=3.0, seed=1)
+    plain, _ = model.generate(None, config, n=3)
+    guided, _ = model.generate(None, config.replace(guide=str(path)), n=3)
+    assert torch.equal(plain, guided)  # ε + γ·(ε − ε) = ε exactly
+
+
+def test_a_guide_must_match_the_model(make_checkpoint):
+    model = load(make_checkpoint("time", hidden_dim=8, num_timesteps=10))
+    for other in (make_checkpoint("class", 8, 10), make_checkpoint("time", 8, 12)):
+        with pytest.raises(ConfigError, match="must match the model it guides"):
+            model.sample(n=1, guide=str(other), sampler="dpmpp", steps=2)
+    with pytest.raises(ConfigError, match="guide must be weak or a checkpoint path"):
+        SamplingConfig(guide="")
+    # a narrower guide is fine: Karras et al. guide with smaller networks
+    model.sample(n=1, guide=str(make_checkpoint("time", 4, 10)), sampler="dpmpp", steps=2)

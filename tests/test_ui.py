@@ -278,14 +278,21 @@ def test_ddpm_steps_are_not_editable(page):
     page.click("#preset-fast")
     assert page.input_value("#sampler") == "dpmpp" and page.input_value("#steps") == "20"
     assert page.input_value("#start") == PRESETS["class"]["fast"].start
-    # the time model's fast preset: the SDE (η = 1), and no γ
+    assert page.is_disabled("#guide")  # no weak twin ships for the class model
+    # the time model's own fast preset: guided away from its weak twin
     page.check("input[name='model'][value='time']")
-    assert page.input_value("#eta") == "1" and page.is_disabled("#guidance")
-    assert "γ" not in page.inner_text("#preset-help")
+    time_fast = PRESETS["time"]["fast"]
+    assert page.input_value("#eta") == f"{time_fast.eta:g}"
+    assert page.input_value("#guide") == time_fast.guide == "weak"
+    assert page.input_value("#guidance") == f"{time_fast.guidance_scale:g}"
+    assert page.is_enabled("#guidance") and "weak twin" in page.inner_text("#preset-help")
+    page.select_option("#guide", "")  # unguided: γ has nothing to act on
+    assert page.is_disabled("#guidance") and "custom" in page.inner_text("#preset-help")
+    page.click("#preset-fast")
     page.check("input[name='model'][value='class']")
-    assert page.input_value("#eta") == "0" and page.input_value("#guidance") == "2.5"
-    for name in ("sampler", "steps", "eta", "start", "guidance_scale", "guidance_interval",
-                 "seed"):  # fmt: skip
+    assert page.input_value("#guide") == "" and page.input_value("#guidance") == "2.5"
+    for name in ("sampler", "steps", "eta", "start", "guide", "guidance_scale",
+                 "guidance_interval", "seed"):  # fmt: skip
         assert "Range:" in page.inner_text(f"#help-{name}")
 
 
@@ -460,6 +467,8 @@ def test_a_foreign_host_header_is_refused(server):
         ({"guidance_interval": [0, 301]}, "guidance_interval must lie within 0..300"),
         ({"model": "time", "count": 11}, "count must be a whole number from 1 to 10; got 11"),
         ({"colour": "red"}, "unknown field(s): colour"),
+        ({"model": "time", "guide": "/etc/passwd"}, "guide must be null or weak for the time"),
+        ({"guide": "weak"}, "guide must be null for the class model here"),
         ([3], "the request must be a JSON object"),
     ],
 )
@@ -475,6 +484,8 @@ def test_a_generate_request_starts_from_the_fast_preset():
     assert recipe.sampling.steps == 300 and recipe.sampling.guidance_interval is None
     time = parse_generate({"model": "time", "count": 2}, num_timesteps=300)
     assert time.sampling == PRESETS["time"]["fast"].replace(steps=20)
+    unguided = parse_generate({"model": "time", "guide": None}, num_timesteps=300)
+    assert unguided.sampling.guide is None
 
 
 @pytest.mark.parametrize(

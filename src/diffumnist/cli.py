@@ -36,7 +36,7 @@ from diffumnist.flags import (
 )
 from diffumnist.kinds import KIND_NAMES, KINDS
 from diffumnist.launcher import WorkerFailed, launch
-from diffumnist.models import REMEASURE_BATCH_SIZE
+from diffumnist.models import REMEASURE_BATCH_SIZE, export_weights
 from diffumnist.runtime import describe_precision, resolve_device, resolve_precision
 from diffumnist.sampling import PRESETS, SamplingConfig
 from diffumnist.train import (
@@ -366,18 +366,17 @@ def _eval_model(args: argparse.Namespace):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from diffumnist.models import export_weights
-
     if args.out.suffix != ".safetensors":
         raise ConfigError(f"--out {args.out}: the name must end in .safetensors")
     _check_writable([args.out])
     source = resolve_checkpoint(args.checkpoint)
-    export_weights(source, args.out, use_ema=not args.raw, half=args.fp16,
-                   remeasure_batches=args.remeasure_bn or 0, data_dir=args.data_dir)  # fmt: skip
-    weights = "raw" if args.raw else "EMA"
+    meta = export_weights(
+        source, args.out, use_ema=not args.raw, half=args.fp16,
+        remeasure_batches=args.remeasure_bn or 0, data_dir=args.data_dir,
+    )  # fmt: skip
+    weights = {True: "EMA weights", False: "raw weights"}.get(meta.get("ema"), "weights")
     remeasured = f", BatchNorm remeasured on {args.remeasure_bn} batches" * bool(args.remeasure_bn)
-    print(f"wrote {args.out}: {weights} weights of {source}, "
-          f"{'fp16' if args.fp16 else 'fp32'}{remeasured}")  # fmt: skip
+    print(f"wrote {args.out}: {weights} of {source}, {meta['storage']}{remeasured}")
     return 0
 
 

@@ -121,6 +121,7 @@ _SAMPLING_TYPES = {
     "eta": finite_float,
     "guidance_scale": finite_float,
     "guidance_interval": timestep_interval,
+    "guide": str,
     "seed": seed_int,
 }
 
@@ -170,21 +171,17 @@ def add_sampling_flags(parser: argparse.ArgumentParser, seed: int | None = None)
             kwargs["type"] = _SAMPLING_TYPES[field.name]
         if field.name == "guidance_interval":
             kwargs["metavar"] = "LO,HI"
+        if field.name == "guide":
+            kwargs["metavar"] = "weak|CKPT"
         group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
 
 
-def sampling_config(
-    args: argparse.Namespace, device: torch.device, kind: str = "class"
-) -> SamplingConfig:
+def sampling_config(args: argparse.Namespace, device: torch.device, kind: str) -> SamplingConfig:
     """The flags' SamplingConfig for a model of `kind`, its precision resolved for `device`
     (so it can be shown)."""
-    config = SamplingConfig.from_preset(args.preset, kind, **sampling_overrides(args))
+    given = {name: value for name, value in vars(args).items() if name in _SAMPLING_FIELDS}
+    config = SamplingConfig.from_preset(args.preset, kind, **given)
     return config.replace(precision=resolve_precision(config.precision, device))
-
-
-def sampling_overrides(args: argparse.Namespace) -> dict[str, object]:
-    """The sampling flags given on the command line (those that override the preset)."""
-    return {name: value for name, value in vars(args).items() if name in _SAMPLING_FIELDS}
 
 
 def add_nproc_flag(parser: argparse.ArgumentParser, help_text: str) -> None:

@@ -13,9 +13,12 @@ because the checkpoint carries its ModelConfig.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import operator
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +41,8 @@ from diffumnist.sampling import (
 )
 
 MAX_SAMPLES_PER_CALL = 10_000
+# `guide="weak"`: the shipped weights/<kind>_weak.safetensors (MODEL_CARD: how it was made).
+WEAK_GUIDE = "weak"
 # Images per batch when BatchNorm statistics are measured afresh (remeasure_batchnorm).
 REMEASURE_BATCH_SIZE = 512
 # The animation is kept in memory as uint8; past this a request must take fewer frames.
@@ -101,6 +106,7 @@ class DiffusionModel(nn.Module):
         steps: int | None = None,
         eta: float | None = None,
         guidance_interval: tuple[int, int] | None = None,
+        guide: str | None = None,
         start: str | None = None,
         precision: str | None = None,
         frame_every: int = 1,
@@ -112,7 +118,9 @@ class DiffusionModel(nn.Module):
         c: digits (N,) for the class model; the time model takes `n` instead.
         sampler: ddpm (all T steps), ddim or dpmpp (`steps` <= T; None: the preset's, or the
         sampler's default); `eta` in [0, 1] is DDIM's noise (0 = deterministic);
-        guidance_interval (lo, hi): γ only for lo < t <= hi; start: "noise" (x_T ~ N(0, I))
+        guidance_interval (lo, hi): γ only for lo < t <= hi; guide: "weak" or a checkpoint
+        path makes γ autoguidance, away from that weaker model (the time model's only
+        guidance), instead of classifier-free guidance; start: "noise" (x_T ~ N(0, I))
         or "mean" (x_T from the digit's mean image, see SamplingConfig).
         Returns (samples float (N, 1, H, W) clamped to [0, 1] on the CPU,
         animation uint8 (F, N, H, W): x_T, then x_t after every `frame_every`-th step
@@ -120,7 +128,7 @@ class DiffusionModel(nn.Module):
         """
         given = {
             "guidance_scale": guidance_scale, "seed": seed, "sampler": sampler, "steps": steps,
-            "eta": eta, "guidance_interval": guidance_interval, "start": start,
+            "eta": eta, "guidance_interval": guidance_interval, "guide": guide, "start": start,
             "precision": precision,
         }  # fmt: skip
         config = SamplingConfig.from_preset(
@@ -135,29 +143,28 @@ class DiffusionModel(nn.Module):
         batches: int = 100,
         batch_size: int = REMEASURE_BATCH_SIZE,
         seed: int = 0,
-        precision: str = "auto",
+        train_config: TrainConfig | None = None,
     ) -> None:
         """Measure the BatchNorm running statistics afresh for the weights held now, on
-        `batches` random training batches drawn as training draws them (random t and ε,
-        the class dropped with the recipe's p_uncond); see
+        `batches` random training batches drawn as `train_config`'s training drew them
+        (random t and ε, the class dropped with its p_uncond; default: the recipe's); see
         batchnorm.remeasure_running_statistics for why EMA weights need it.
 
-        Deterministic for a seed on one machine; the network is left in eval mode.
+        In fp32, so the statistics do not depend on the machine's bf16 support;
+        deterministic for a seed. The network is left in eval mode.
         """
         images, labels = load_split("train", data_dir)
         device = self.device
-        recipe = TrainConfig(kind=self.config.kind)
-        chosen = resolve_precision(precision, device)
+        train_config = train_config or TrainConfig(kind=self.config.kind)
         generator = torch.Generator().manual_seed(seed)
 
         def forward() -> None:
             index = torch.randint(len(images), (batch_size,), generator=generator)
-            draws = self.kind.draw(batch_size, generator, self.diffusion, recipe)
+            draws = self.kind.draw(batch_size, generator, self.diffusion, train_config)
             draws = {name: value.to(device) for name, value in draws.items()}
             x0 = to_unit(images[index]).to(device)
-            with autocast(device, chosen):
-                self.kind.loss(self.net, x0, labels[index].to(device), draws, self.diffusion,
-                               recipe)  # fmt: skip
+            self.kind.loss(self.net, x0, labels[index].to(device), draws, self.diffusion,
+                           train_config)  # fmt: skip
 
         remeasure_running_statistics(self.net, forward, batches)
         self.net.eval()
@@ -204,8 +211,12 @@ class DiffusionModel(nn.Module):
                 _mean_images(onehot, count, (height, width)).to(self.device),
                 self.diffusion.num_timesteps, x_T,
             )  # fmt: skip
+        guide_net = None
+        if config.guide is not None:
+            guide = guide_model(config.guide, self.config)
+            guide_net = inference_net(guide.net).to(self.device)
         eps_fn = make_eps_fn(net, self.diffusion, onehot, float(config.guidance_scale),
-                             config.guidance_interval)  # fmt: skip
+                             config.guidance_interval, guide_net)  # fmt: skip
         frames = [to_uint8(x_T)]
 
         def record(info: StepInfo) -> None:
@@ -287,30 +298,72 @@ def export_weights(
     half: bool = False,
     remeasure_batches: int = 0,
     data_dir: Path | str | None = None,
-) -> None:
-    """Write a weights-only checkpoint (no optimizer or RNG state) for sampling or shipping.
+) -> dict[str, Any]:
+    """Write a weights-only checkpoint (no optimizer or RNG state) for sampling or shipping;
+    returns the metadata written, which records each choice.
 
-    `use_ema` picks the EMA weights where the file has them, as `load` does; `half` stores
-    floats as fp16 (loaded back as fp32);
-    `remeasure_batches` > 0 measures a diffusion model's BatchNorm statistics afresh on
-    that many training batches (DiffusionModel.remeasure_batchnorm) before writing. The
-    file's metadata records each choice.
+    From a training checkpoint, `use_ema` picks the EMA weights (refused if the run kept
+    none) or the raw ones; a weights-only file has one set, kept as it is. Floats are stored
+    in fp16 if `half` (loaded back as fp32), else fp32. `remeasure_batches` > 0 measures a
+    diffusion model's BatchNorm statistics afresh on that many training batches, drawn as
+    the run's training drew them (DiffusionModel.remeasure_batchnorm), before writing.
     """
     ckpt = load_checkpoint(source)
     meta = {**ckpt.meta, "storage": "fp16" if half else "fp32"}
     weights = ckpt.weights
-    if ckpt.ema_weights is not None:  # else a weights-only file: its one set of weights
+    if ckpt.optimizer is not None or ckpt.ema_weights is not None:  # a training checkpoint
+        if use_ema and ckpt.ema_weights is None:
+            raise CheckpointError(f"{source} holds no EMA weights (--ema-decay 0); use --raw")
         weights = ckpt.ema_weights if use_ema else ckpt.weights
         meta["ema"] = use_ema
+    elif not use_ema:
+        raise ConfigError(f"{source} holds weights only, one set; --raw picks from a run")
     if remeasure_batches:
         if ckpt.model_config is None or not get_kind(ckpt.model_config.kind).samples:
             raise ConfigError("only time and class models have BatchNorm statistics to remeasure")
         model = model_from_weights(ckpt.model_config, weights)
-        model.remeasure_batchnorm(data_dir, remeasure_batches)
+        train = ckpt.meta.get("train")
+        model.remeasure_batchnorm(
+            data_dir, remeasure_batches, train_config=TrainConfig(**train) if train else None
+        )
         weights = model.net.state_dict()
         meta["batchnorm_remeasured"] = {
-            "batches": remeasure_batches, "batch_size": REMEASURE_BATCH_SIZE,
+            "batches": remeasure_batches, "batch_size": REMEASURE_BATCH_SIZE, "precision": "fp32",
         }  # fmt: skip
-    if half:
-        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    cast = torch.float16 if half else torch.float32
+    weights = {k: v.to(cast) if v.is_floating_point() else v for k, v in weights.items()}
     save_checkpoint(target, Checkpoint(ckpt.model_config, weights, meta=meta))
+    return meta
+
+
+def guide_model(guide: str, config: ModelConfig) -> DiffusionModel:
+    """The guide a `guide` setting names for a model of `config` (on the CPU):
+    "weak", the shipped weak twin of the shipped model of that kind, or a checkpoint path.
+
+    A guide must be a diffusion model of the same kind, classes and noise schedule; its
+    width may differ (Karras et al. guide with smaller, shorter-trained networks).
+    """
+    if guide == WEAK_GUIDE:
+        from diffumnist.pretrained import shipped_weights  # pretrained builds on this module
+
+        path = shipped_weights(f"{config.kind}_weak")
+    else:
+        path = Path(guide).expanduser().resolve()
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read guide {guide}: {exc.strerror}") from None
+    model = _load_guide(path, stat.st_mtime_ns, stat.st_size)
+    if dataclasses.replace(model.config, hidden_dim=config.hidden_dim) != config:
+        raise ConfigError(
+            f"guide {guide} is a {model.config.kind} model with T={model.config.num_timesteps}; "
+            f"it must match the model it guides ({config.kind}, T={config.num_timesteps}, "
+            f"the same schedule and classes)"
+        )
+    return model
+
+
+@functools.lru_cache(maxsize=4)
+def _load_guide(path: Path, mtime_ns: int, size: int) -> DiffusionModel | Denoiser:
+    """`load(path)`, kept while the file is unchanged: evaluation samples batch by batch."""
+    return load(path)

@@ -18,6 +18,8 @@ import torch
 
 from diffumnist.config import ConfigError, check_choice, recipe
 from diffumnist.data import add_noise, to_unit
+from diffumnist.models import WEAK_GUIDE
+from diffumnist.pretrained import shipped_weights
 from diffumnist.sampling import PRESETS, SAMPLER_NAMES, SEED_RANGE, SamplingConfig, StartName
 
 PAGE_PRESET = "fast"  # the page's first settings; "recipe" is one click away
@@ -26,7 +28,12 @@ MAX_SIGMA = 2.0
 DOWNLOAD_SCALES = ("1", "2", "4")  # an 8x GIF of ten digits takes seconds to encode
 TRAINED_SIGMA = recipe("denoiser").sigma  # the noise level the shipped denoiser learned
 # Sampling settings the page may send; precision stays SamplingConfig's default (auto).
-PAGE_SETTINGS = ("sampler", "steps", "eta", "start", "guidance_scale", "guidance_interval", "seed")
+PAGE_SETTINGS = (
+    "sampler", "steps", "eta", "start", "guide", "guidance_scale", "guidance_interval", "seed",
+)  # fmt: skip
+# Kinds whose weak twin ships, so the page may offer guide="weak" (never a path: the page
+# must not name files on the server).
+WEAK_GUIDES = tuple(kind for kind in PRESETS if shipped_weights(f"{kind}_weak").exists())
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ def form_info(num_timesteps: int) -> dict[str, Any]:
         "help": {f.name: f.metadata["help"] for f in fields(SamplingConfig)},
         "samplers": list(SAMPLER_NAMES),
         "starts": list(get_args(StartName)),
+        "weak_guides": list(WEAK_GUIDES),
         "default_steps": {s: SamplingConfig(sampler=s).num_steps(T) for s in SAMPLER_NAMES},
         "fixed_steps": [s for s in SAMPLER_NAMES if not _accepts(T, sampler=s, steps=1)],
         "eta_samplers": [s for s in SAMPLER_NAMES if _accepts(T, sampler=s, eta=1.0)],
@@ -120,6 +128,11 @@ def parse_generate(payload: object, num_timesteps: int) -> GenerateRequest:
     for name in ("sampler", "eta", "start", "guidance_scale", "seed"):
         if name in settings and settings[name] is None:
             raise ConfigError(f"{name} needs a value; got nothing")
+    if settings.get("guide") not in (None, WEAK_GUIDE) or (
+        settings.get("guide") == WEAK_GUIDE and model not in WEAK_GUIDES
+    ):
+        choices = "null or weak" if model in WEAK_GUIDES else "null"
+        raise ConfigError(f"guide must be {choices} for the {model} model here")
     config = SamplingConfig.from_preset(PAGE_PRESET, model, **settings)
     config = config.replace(steps=config.num_steps(num_timesteps))
     return GenerateRequest(model=model, digits=digits, count=count, sampling=config)

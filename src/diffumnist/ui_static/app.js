@@ -77,7 +77,7 @@ let shownTimeline = []; // frames {step, t, x_t, x0} of the result on screen
 let shownResult = null; // {done, stem} of the result on screen
 let clickedAt = 0;
 
-const SAMPLING_INPUTS = ["sampler", "steps", "eta", "start", "guidance", "gi-low", "gi-high"];
+const SAMPLING_INPUTS = ["sampler", "steps", "eta", "start", "guide", "guidance", "gi-low", "gi-high"];
 let activePreset = null; // the preset whose settings the form holds, or null once edited
 
 function setupGenerateForm() {
@@ -99,6 +99,9 @@ function setupGenerateForm() {
   $("count-help").textContent = `Range: ${rangeOf($("count"))}.`;
   for (const sampler of info.samplers) $("sampler").add(new Option(sampler, sampler));
   for (const start of info.starts) $("start").add(new Option(start, start));
+  $("guide").add(new Option("none", ""));
+  $("guide").add(new Option("weak twin", "weak"));
+  $("guide").addEventListener("change", enableGuidance);
   $("steps").max = info.num_timesteps;
   $("gi-low").max = info.num_timesteps - 1;
   $("gi-high").max = info.num_timesteps;
@@ -111,6 +114,7 @@ function setupGenerateForm() {
     $("download-scale").add(new Option(`${scale}x`, scale, false, scale === "4"));
   }
   setupPresets();
+  onModelChange(); // the browser may have restored the time model's radio on reload
   $("sampler").addEventListener("change", () => {
     onSamplerChange(info.default_steps[$("sampler").value]);
   });
@@ -155,6 +159,8 @@ function applyPreset(name) {
   onSamplerChange(preset.steps ?? info.default_steps[preset.sampler]);
   $("eta").value = preset.eta;
   $("start").value = preset.start;
+  $("guide").value = preset.guide ?? "";
+  enableGuidance();
   $("guidance").value = preset.guidance_scale;
   const [low, high] = preset.guidance_interval ?? ["", ""];
   [$("gi-low").value, $("gi-high").value] = [low, high];
@@ -163,7 +169,7 @@ function applyPreset(name) {
 
 function markPreset(name) {
   activePreset = name;
-  const guided = currentModel() === "class";
+  const guided = currentModel() === "class" || Boolean($("guide").value);
   for (const button of $("presets").children) {
     const preset = button.id.slice("preset-".length);
     button.setAttribute("aria-pressed", String(preset === name));
@@ -179,7 +185,8 @@ function describeSampling(s, guided = true) {
   const interval = s.guidance_interval ? ` for ${s.guidance_interval[0]} < t ≤ ${s.guidance_interval[1]}` : "";
   const parts = [`${s.sampler}, ${steps} steps`];
   if (s.eta) parts.push(`η = ${s.eta}`);
-  if (guided) parts.push(`γ = ${s.guidance_scale}${interval}`);
+  const guide = s.guide ? ` away from the ${s.guide} twin` : "";
+  if (guided || s.guide) parts.push(`γ = ${s.guidance_scale}${interval}${guide}`);
   if (s.start === "mean") parts.push("from the mean digit");
   return parts.join(", ");
 }
@@ -204,6 +211,7 @@ function writeHelp() {
     steps: $("steps").disabled ? `always ${T} for ${$("sampler").value}` : `1–${T}`,
     eta: $("eta").disabled ? `${info.eta_samplers.join(" and ")} only` : "0–1",
     start: info.starts.join(", "),
+    guide: `none or weak; weak for ${info.weak_guides.join(" and ")}`,
     guidance_scale: "0 or more; the recipe uses 5",
     guidance_interval: `0–${T}; both empty: every step`,
     seed: `0–${info.seed_max}`,
@@ -218,9 +226,19 @@ function onModelChange() {
   const timeModel = currentModel() === "time";
   $("digits-field").hidden = timeModel;
   $("count-field").hidden = !timeModel;
-  for (const id of ["guidance", "gi-low", "gi-high"]) $(id).disabled = timeModel;
   if (activePreset) applyPreset(activePreset);
   else markPreset(null);
+  enableGuidance();
+}
+
+/** γ and its interval act when there is something to guide away from: the class model's
+ *  unconditional branch, or a weak twin (the only guidance the time model has). */
+function enableGuidance() {
+  const model = currentModel();
+  $("guide").disabled = !info.weak_guides.includes(model);
+  if ($("guide").disabled) $("guide").value = "";
+  const guided = model === "class" || Boolean($("guide").value);
+  for (const id of ["guidance", "gi-low", "gi-high"]) $(id).disabled = !guided;
 }
 
 /** The request for the form as it stands; throws an Error naming a blank or bad field.
@@ -233,12 +251,15 @@ function readGenerateForm() {
     steps: $("steps").disabled ? null : readNumber($("steps"), "Steps"),
     eta: $("eta").disabled ? 0 : readNumber($("eta"), "η"),
     start: $("start").value,
+    guide: $("guide").value || null,
   };
   if (model === "time") {
     body.count = readNumber($("count"), "How many images");
   } else {
     const pressed = $("digits").querySelectorAll('button[aria-pressed="true"]');
     body.digits = Array.from(pressed, (button) => Number(button.textContent));
+  }
+  if (!$("guidance").disabled) {
     body.guidance_scale = readNumber($("guidance"), "Guidance γ");
     const low = readNumber($("gi-low"), "The guidance interval's lower end", true);
     const high = readNumber($("gi-high"), "The guidance interval's upper end", true);
@@ -378,14 +399,14 @@ function describeResult(s) {
   const what = s.model === "class"
     ? `digit${s.digits.length > 1 ? "s" : ""} ${s.digits.join(" ")}`
     : `${s.count} image${s.count > 1 ? "s" : ""} from the time model`;
-  return `${what}, ${describeSampling(s, s.model === "class")}, seed ${s.seed}`;
+  return `${what}, ${describeSampling(s, s.model === "class" || Boolean(s.guide))}, seed ${s.seed}`;
 }
 
 /** The settings as a file name: class_d5_g5_gi30-180_dpmpp20_seed42 and the like. */
 function fileStem(s) {
-  let what = `time_n${s.count}`;
-  if (s.model === "class") {
-    what = `class_d${s.digits.join("")}_g${s.guidance_scale}`;
+  let what = s.model === "class" ? `class_d${s.digits.join("")}` : `time_n${s.count}`;
+  if (s.model === "class" || s.guide) {
+    what += `_g${s.guidance_scale}${s.guide ? `_${s.guide}` : ""}`;
     if (s.guidance_interval) what += `_gi${s.guidance_interval.join("-")}`;
   }
   const start = s.start === "mean" ? "_mean" : "";
