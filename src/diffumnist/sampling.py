@@ -80,18 +80,20 @@ class SamplingConfig:
         0.0, "noise of ddim and dpmpp in [0, 1]: 0 = deterministic ODE, 1 = fully stochastic"
     )
     guidance_scale: float = _setting(
-        5.0, "classifier-free guidance γ: 1 = the class branch alone, larger = more certain"
+        5.0,
+        "guidance γ: 1 = the model alone, larger = further from the guide (by default "
+        "the class model's unconditional branch: classifier-free guidance)",
     )
     guidance_interval: tuple[int, int] | None = _setting(
         None,
         "apply γ only for timesteps LO < t <= HI (t counts 1..T from clean to pure noise); "
-        "other steps use the class branch alone (γ = 1); default: every step",
+        "other steps use the model alone (γ = 1); default: every step",
     )
     guide: str | None = _setting(
         None,
         "what γ pushes away from: unset = the class model's unconditional branch (classifier-"
-        "free guidance); weak = the shipped, briefly trained twin of the model, or a "
-        "checkpoint path (autoguidance, Karras et al. 2024; the time model's only guidance)",
+        "free guidance); weak = the shipped twin trained for 1 of 20 epochs (the time model "
+        "has one), or a checkpoint of the same kind and T (autoguidance, Karras et al. 2024)",
     )
     start: StartName = _setting(
         "noise",
