@@ -279,7 +279,9 @@ def test_the_time_model_gets_its_own_preset(capsys, make_checkpoint, tmp_path):
             "--preset", "fast", "--steps", "4", "--seed", "3"]  # fmt: skip
     assert main([*argv, "--guide", str(guide)]) == 0
     line = capsys.readouterr().out.splitlines()[1]
-    assert line.startswith(f"sampling: dpmpp 4 steps, γ = 2 from the {guide} guide, from the mean")
+    assert line.startswith(
+        f"sampling: dpmpp 4 steps, γ = 1.5 from the {guide} guide, from the mean"
+    )
     # the preset's shipped weak twin guides only models of its T (300): one line, exit 2
     assert main(argv) == 2
     err = capsys.readouterr().err

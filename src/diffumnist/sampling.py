@@ -454,8 +454,8 @@ _LEGIBLE = SamplingConfig(
 )  # MNIST-FID 16.43 at guided accuracy 0.9995, 34 NFE (n = 2,000; floor 2.20)
 # The time model has no classes: γ pushes away from its weak twin instead (autoguidance).
 _TIME_GUIDED = SamplingConfig(
-    sampler="dpmpp", steps=20, guidance_scale=2.0, guide="weak", start="mean"
-)  # 40 NFE
+    sampler="dpmpp", steps=20, guidance_scale=1.5, guide="weak", start="mean"
+)  # MNIST-FID 12.34 against 19.94 unguided (η = 1), 40 NFE (n = 2,000)
 PRESETS: dict[str, dict[str, SamplingConfig]] = {
     "class": {
         "recipe": SamplingConfig(),
