@@ -82,7 +82,11 @@ HEADLINE = {
         {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.0, **MEAN},
         {**DPMPP_20, "eta": 0.0, "guidance_scale": 5.0, **INTERVAL},
     ],
-    "time": [{**DPMPP_20, "eta": 1.0, **MEAN}, {**DPMPP_20, "eta": 0.0, **MEAN}],
+    "time": [
+        {**DPMPP_20, "eta": 1.0, **MEAN},
+        {**DPMPP_20, "eta": 0.0, **MEAN},
+        {**DPMPP_20, "eta": 0.0, "guidance_scale": 1.5, **MEAN, **WEAK},
+    ],
 }
 
 
