@@ -116,12 +116,17 @@ def timestep_interval(text: str) -> tuple[int, int]:
     return low, high
 
 
+def guide_value(text: str) -> str | None:
+    """'none' -> None (no guide: drops a preset's), else the name or path as given."""
+    return None if text == "none" else text
+
+
 _SAMPLING_TYPES = {
     "steps": positive_int,
     "eta": finite_float,
     "guidance_scale": finite_float,
     "guidance_interval": timestep_interval,
-    "guide": str,
+    "guide": guide_value,
     "seed": seed_int,
 }
 
@@ -172,7 +177,7 @@ def add_sampling_flags(parser: argparse.ArgumentParser, seed: int | None = None)
         if field.name == "guidance_interval":
             kwargs["metavar"] = "LO,HI"
         if field.name == "guide":
-            kwargs["metavar"] = "weak|CKPT"
+            kwargs["metavar"] = "none|weak|CKPT"
         group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
 
 
