@@ -264,5 +264,7 @@ def test_a_guide_must_match_the_model(make_checkpoint):
             model.sample(n=1, guide=str(other), sampler="dpmpp", steps=2)
     with pytest.raises(ConfigError, match="guide must be weak or a checkpoint path"):
         SamplingConfig(guide="")
+    with pytest.raises(ConfigError, match="no weak twin ships for the class model"):
+        load(make_checkpoint("class", 8, 10)).sample([1], guide="weak", sampler="dpmpp", steps=2)
     # a narrower guide is fine: Karras et al. guide with smaller networks
     model.sample(n=1, guide=str(make_checkpoint("time", 4, 10)), sampler="dpmpp", steps=2)

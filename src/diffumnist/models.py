@@ -26,7 +26,7 @@ from torch import nn
 
 from diffumnist.batchnorm import remeasure_running_statistics
 from diffumnist.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from diffumnist.config import ConfigError, ModelConfig, TrainConfig, is_integer
+from diffumnist.config import ConfigError, ModelConfig, TrainConfig, is_integer, recipe
 from diffumnist.data import load_split, shipped_mean_images, to_uint8, to_unit
 from diffumnist.diffusion import GaussianDiffusion
 from diffumnist.inference import inference_net
@@ -155,7 +155,7 @@ class DiffusionModel(nn.Module):
         """
         images, labels = load_split("train", data_dir)
         device = self.device
-        train_config = train_config or TrainConfig(kind=self.config.kind)
+        train_config = train_config or recipe(self.config.kind)
         generator = torch.Generator().manual_seed(seed)
 
         def forward() -> None:
@@ -324,7 +324,9 @@ def export_weights(
         model = model_from_weights(ckpt.model_config, weights)
         train = ckpt.meta.get("train")
         model.remeasure_batchnorm(
-            data_dir, remeasure_batches, train_config=TrainConfig(**train) if train else None
+            data_dir,
+            remeasure_batches,
+            train_config=TrainConfig.from_dict(train) if train else None,
         )
         weights = model.net.state_dict()
         meta["batchnorm_remeasured"] = {
@@ -347,6 +349,8 @@ def guide_model(guide: str, config: ModelConfig) -> DiffusionModel:
         from diffumnist.pretrained import shipped_weights  # pretrained builds on this module
 
         path = shipped_weights(f"{config.kind}_weak")
+        if not path.exists():
+            raise ConfigError(f"no weak twin ships for the {config.kind} model; give a checkpoint")
     else:
         path = Path(guide).expanduser().resolve()
     try:

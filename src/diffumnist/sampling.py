@@ -447,12 +447,11 @@ def get_sampler(name: str) -> Sampler:
 
 # Named settings (`--preset`, `model.sample(preset=...)`) for each kind that samples.
 # recipe: the original project's sampler; fast and best: chosen by the quality map in
-# benchmarks/results/ (README). The two kinds want different settings: guidance makes the
-# class model's ODE (η = 0) the better solver, while the unguided time model needs η = 1.
+# benchmarks/results/ (README). The two kinds are guided differently: the class model by its
+# unconditional branch (CFG), the time model, which has no classes, by its weak twin.
 _LEGIBLE = SamplingConfig(
     sampler="dpmpp", steps=20, guidance_scale=2.5, guidance_interval=(30, 240), start="mean"
 )  # MNIST-FID 16.43 at guided accuracy 0.9995, 34 NFE (n = 2,000; floor 2.20)
-# The time model has no classes: γ pushes away from its weak twin instead (autoguidance).
 _TIME_GUIDED = SamplingConfig(
     sampler="dpmpp", steps=20, guidance_scale=1.5, guide="weak", start="mean"
 )  # MNIST-FID 12.34 against 19.94 unguided (η = 1), 40 NFE (n = 2,000)

@@ -169,7 +169,7 @@ function applyPreset(name) {
 
 function markPreset(name) {
   activePreset = name;
-  const guided = currentModel() === "class" || Boolean($("guide").value);
+  const guided = currentModel() === "class";
   for (const button of $("presets").children) {
     const preset = button.id.slice("preset-".length);
     button.setAttribute("aria-pressed", String(preset === name));
@@ -180,6 +180,7 @@ function markPreset(name) {
     : "custom settings (a preset button restores its settings)";
 }
 
+/** The settings in words; γ is shown when `guided` (the class model) or a guide is set. */
 function describeSampling(s, guided = true) {
   const steps = s.steps ?? info.default_steps[s.sampler];
   const interval = s.guidance_interval ? ` for ${s.guidance_interval[0]} < t ≤ ${s.guidance_interval[1]}` : "";
@@ -399,7 +400,7 @@ function describeResult(s) {
   const what = s.model === "class"
     ? `digit${s.digits.length > 1 ? "s" : ""} ${s.digits.join(" ")}`
     : `${s.count} image${s.count > 1 ? "s" : ""} from the time model`;
-  return `${what}, ${describeSampling(s, s.model === "class" || Boolean(s.guide))}, seed ${s.seed}`;
+  return `${what}, ${describeSampling(s, s.model === "class")}, seed ${s.seed}`;
 }
 
 /** The settings as a file name: class_d5_g5_gi30-180_dpmpp20_seed42 and the like. */
