@@ -118,6 +118,11 @@ def test_train_refuses_to_overwrite_a_run_and_bad_values(capsys, tmp_path, data_
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err
     assert main(["train", "class", "--out", str(run), "--resume", "--lr", "1"]) == 2
     assert "drop --lr" in capsys.readouterr().err
+    extend = ["train", "class", "--out", str(run), "--resume", "--epochs"]
+    assert main([*extend, "30", "--lr", "1"]) == 2 and "drop --lr" in capsys.readouterr().err
+    assert main([*extend, "1"]) == 2  # the run has 20 epochs: --epochs only extends it
+    assert "can only extend the run; it has 20" in capsys.readouterr().err
+    assert '"epochs": 20' in (run / "config.json").read_text()
     for bad in (["--lr", "-1"], ["--precision", "fp8"], ["--epochs", "0"], ["--lr", "nan"]):
         assert main(["train", "time", "--out", str(tmp_path / "other"), *bad]) == 2
         err = capsys.readouterr().err

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffumnist.checkpoint import load_checkpoint
+from diffumnist.cli import main
 from diffumnist.config import TrainConfig
 from diffumnist.kinds.class_conditioned import ClassConditioned
 from diffumnist.train import CHECKPOINT_NAME, Trainer, TrainingError
@@ -74,6 +75,28 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, data_
         assert torch.equal(value, resumed.ema_weights[name]), name
     straight_log = (tmp_path / "straight" / "loss.jsonl").read_text()
     assert (tmp_path / "crashed" / "loss.jsonl").read_text() == straight_log
+
+
+def test_a_finished_run_extended_with_more_epochs_ends_like_a_longer_run(tmp_path, data_dir):
+    """`train --resume --epochs 3` trains a finished 2-epoch run on: its weights, EMA and log
+    equal those of a run started with 3 epochs and the 2-epoch run's decay per epoch."""
+    short = tiny_config(epochs=2, ema_decay=0.9)
+    Trainer(short, tmp_path / "extended", data_dir).run()
+    argv = ["train", "class", "--out", str(tmp_path / "extended"), "--resume", "--epochs", "3"]
+    assert main([*argv, "--data-dir", str(data_dir)]) == 0
+    longer = tiny_config(epochs=3, ema_decay=0.9, lr_gamma=short.resolved().lr_gamma)
+    Trainer(longer, tmp_path / "longer", data_dir).run()
+
+    extended, straight = (
+        load_checkpoint(tmp_path / d / CHECKPOINT_NAME) for d in ("extended", "longer")
+    )
+    assert extended.meta["epoch"] == straight.meta["epoch"] == 3 and extended.meta["done"]
+    for name, value in straight.weights.items():
+        assert torch.equal(value, extended.weights[name]), name
+    for name, value in straight.ema_weights.items():
+        assert torch.equal(value, extended.ema_weights[name]), name
+    logs = [(tmp_path / d / "loss.jsonl").read_text() for d in ("extended", "longer")]
+    assert logs[0] == logs[1]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):

@@ -37,6 +37,7 @@ from diffumnist.flags import (
 from diffumnist.kinds import KIND_NAMES, KINDS
 from diffumnist.launcher import WorkerFailed, launch
 from diffumnist.models import REMEASURE_BATCH_SIZE, export_weights
+from diffumnist.rundir import extend_run
 from diffumnist.runtime import describe_precision, resolve_device, resolve_precision
 from diffumnist.sampling import PRESETS, SamplingConfig
 from diffumnist.train import (
@@ -64,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = add("train", "train a model with the recipe's defaults")
     train.add_argument("kind", choices=(*KIND_NAMES, "classifier"), help="which model to train")
     train.add_argument("--out", type=Path, help="run folder (default runs/KIND)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out; with --epochs N, train a finished run on to N epochs "
+        "(its learning rate decaying on at the same rate per epoch)",
+    )
     train.add_argument("--data-dir", type=Path, help="MNIST folder (default $DIFFUMNIST_DATA)")
     add_nproc_flag(train, "data-parallel training on N processes (or start it with torchrun)")
     add_train_flags(train)
@@ -200,12 +206,15 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     overrides = {k: v for k, v in vars(args).items() if k in TRAIN_FIELDS and k != "kind"}
     run_dir = args.out or Path("runs") / args.kind
     if args.resume:
+        epochs = overrides.pop("epochs", None)
         if overrides:
             flags = ", ".join("--" + k.replace("_", "-") for k in overrides)
             raise ConfigError(
                 f"--resume takes its settings from the run's config.json; drop {flags}"
             )
-        return read_run_config(run_dir), run_dir
+        if epochs is None:
+            return read_run_config(run_dir), run_dir
+        return extend_run(run_dir, epochs), run_dir
     if (run_dir / CHECKPOINT_NAME).exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume or another --out")
     return TrainConfig(kind=args.kind, **overrides), run_dir

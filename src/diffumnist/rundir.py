@@ -1,6 +1,6 @@
 """A training run's folder: what is written there, atomically, and read back on resume.
 
-    config.json        the TrainConfig, written once when the run starts
+    config.json        the TrainConfig, written when the run starts (and when it is extended)
     loss.jsonl         one line per optimizer step, appended at the end of every epoch
     last.safetensors   the latest checkpoint, replaced atomically after every epoch
     previews/          a small fixed-seed sample set per epoch (the figures use them)
@@ -13,6 +13,7 @@ Only one process writes (rank 0 of a distributed run); the others hold a `RunFol
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -42,6 +43,25 @@ def read_run_config(run_dir: Path) -> TrainConfig:
         raise ConfigError(f"cannot resume: {config_path} is missing or unreadable ({exc})") from exc
 
 
+def extend_run(run_dir: Path, epochs: int) -> TrainConfig:
+    """The run's configuration with `epochs` passes instead of its own; config.json is
+    rewritten when that raises the count.
+
+    The learning rate keeps decaying by the run's stored lr_gamma per epoch, so a run of 20
+    epochs extended to 40 ends exactly like one started with `--epochs 40` and that
+    lr_gamma: this trains a finished run on instead of starting over.
+    """
+    config = read_run_config(run_dir)
+    if epochs < config.epochs:
+        raise ConfigError(
+            f"--epochs {epochs} with --resume can only extend the run; it has {config.epochs}"
+        )
+    if epochs > config.epochs:
+        config = dataclasses.replace(config, epochs=epochs)
+        write_atomic(Path(run_dir) / "config.json", json.dumps(config.to_dict(), indent=2).encode())
+    return config
+
+
 def _logged_step(line: str) -> float:
     """The step of one loss.jsonl line; infinity for a partial line (never kept)."""
     try:
@@ -69,7 +89,8 @@ class RunFolder:
                 remove_partial_writes(self.path / name)
         if self.checkpoint_path.exists():
             ckpt = load_checkpoint(self.checkpoint_path)
-            if TrainConfig.from_dict(ckpt.meta.get("train", {})).to_dict() != config.to_dict():
+            saved = TrainConfig.from_dict(ckpt.meta.get("train", {}))
+            if dataclasses.replace(saved, epochs=config.epochs).to_dict() != config.to_dict():
                 raise ConfigError(f"{self.checkpoint_path} belongs to a different configuration")
             self._truncate_log(ckpt.meta["step"])
             return ckpt
