@@ -9,7 +9,7 @@ import torch
 
 from diffumnist.checkpoint import load_checkpoint
 from diffumnist.cli import main
-from diffumnist.config import TrainConfig
+from diffumnist.config import ConfigError, TrainConfig
 from diffumnist.kinds.class_conditioned import ClassConditioned
 from diffumnist.train import CHECKPOINT_NAME, Trainer, TrainingError
 
@@ -91,12 +91,15 @@ def test_a_finished_run_extended_with_more_epochs_ends_like_a_longer_run(tmp_pat
         load_checkpoint(tmp_path / d / CHECKPOINT_NAME) for d in ("extended", "longer")
     )
     assert extended.meta["epoch"] == straight.meta["epoch"] == 3 and extended.meta["done"]
+    assert json.loads((tmp_path / "extended" / "config.json").read_text())["epochs"] == 3
     for name, value in straight.weights.items():
         assert torch.equal(value, extended.weights[name]), name
     for name, value in straight.ema_weights.items():
         assert torch.equal(value, extended.ema_weights[name]), name
     logs = [(tmp_path / d / "loss.jsonl").read_text() for d in ("extended", "longer")]
     assert logs[0] == logs[1]
+    with pytest.raises(ConfigError, match="trained 3 epochs; it can only extend"):
+        Trainer(tiny_config(epochs=2, ema_decay=0.9), tmp_path / "longer", data_dir).run()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):

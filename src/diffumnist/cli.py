@@ -9,6 +9,7 @@ default and its help text are written once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -37,7 +38,6 @@ from diffumnist.flags import (
 from diffumnist.kinds import KIND_NAMES, KINDS
 from diffumnist.launcher import WorkerFailed, launch
 from diffumnist.models import REMEASURE_BATCH_SIZE, export_weights
-from diffumnist.rundir import extend_run
 from diffumnist.runtime import describe_precision, resolve_device, resolve_precision
 from diffumnist.sampling import PRESETS, SamplingConfig
 from diffumnist.train import (
@@ -212,9 +212,13 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
             raise ConfigError(
                 f"--resume takes its settings from the run's config.json; drop {flags}"
             )
-        if epochs is None:
-            return read_run_config(run_dir), run_dir
-        return extend_run(run_dir, epochs), run_dir
+        config = read_run_config(run_dir)
+        if epochs is not None and epochs < config.epochs:
+            raise ConfigError(
+                f"--epochs {epochs} with --resume can only extend the run; it has {config.epochs}"
+            )
+        # more epochs: the checkpoint's LR decays on at the run's rate (RunFolder.open)
+        return dataclasses.replace(config, epochs=epochs or config.epochs), run_dir
     if (run_dir / CHECKPOINT_NAME).exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume or another --out")
     return TrainConfig(kind=args.kind, **overrides), run_dir

@@ -43,25 +43,6 @@ def read_run_config(run_dir: Path) -> TrainConfig:
         raise ConfigError(f"cannot resume: {config_path} is missing or unreadable ({exc})") from exc
 
 
-def extend_run(run_dir: Path, epochs: int) -> TrainConfig:
-    """The run's configuration with `epochs` passes instead of its own; config.json is
-    rewritten when that raises the count.
-
-    The learning rate keeps decaying by the run's stored lr_gamma per epoch, so a run of 20
-    epochs extended to 40 ends exactly like one started with `--epochs 40` and that
-    lr_gamma: this trains a finished run on instead of starting over.
-    """
-    config = read_run_config(run_dir)
-    if epochs < config.epochs:
-        raise ConfigError(
-            f"--epochs {epochs} with --resume can only extend the run; it has {config.epochs}"
-        )
-    if epochs > config.epochs:
-        config = dataclasses.replace(config, epochs=epochs)
-        write_atomic(Path(run_dir) / "config.json", json.dumps(config.to_dict(), indent=2).encode())
-    return config
-
-
 def _logged_step(line: str) -> float:
     """The step of one loss.jsonl line; infinity for a partial line (never kept)."""
     try:
@@ -92,20 +73,28 @@ class RunFolder:
             saved = TrainConfig.from_dict(ckpt.meta.get("train", {}))
             if dataclasses.replace(saved, epochs=config.epochs).to_dict() != config.to_dict():
                 raise ConfigError(f"{self.checkpoint_path} belongs to a different configuration")
+            if config.epochs < ckpt.meta["epoch"]:
+                raise ConfigError(
+                    f"{self.path} has trained {ckpt.meta['epoch']} epochs; it can only extend"
+                )
+            if config.epochs != saved.epochs:  # extended: the LR decays on at the same rate
+                self._write_config(config)
             self._truncate_log(ckpt.meta["step"])
             return ckpt
-        if self.writes:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-                write_atomic(
-                    self.path / "config.json", json.dumps(config.to_dict(), indent=2).encode()
-                )
-                self._log_path.write_text("")
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot write to run folder {self.path}: {exc.strerror}"
-                ) from exc
+        self._write_config(config, start_log=True)
         return None
+
+    def _write_config(self, config: TrainConfig, start_log: bool = False) -> None:
+        """config.json (and for a new run an empty loss log); a disk error is one line."""
+        if not self.writes:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path / "config.json", json.dumps(config.to_dict(), indent=2).encode())
+            if start_log:
+                self._log_path.write_text("")
+        except OSError as exc:
+            raise ConfigError(f"cannot write to run folder {self.path}: {exc.strerror}") from exc
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines written after the checkpoint (a crash mid-epoch leaves some), and a
