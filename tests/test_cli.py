@@ -160,6 +160,14 @@ def test_sample_without_checkpoint_uses_the_shipped_model(tmp_path):
     assert main(argv) == 0 and out.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_sample_takes_a_model_beyond_the_recipe_by_name(tmp_path):
+    """`time_e34` names a shipped file; with --preset fast its kind's weak twin guides it."""
+    out = tmp_path / "g.png"
+    argv = ["sample", "time_e34", "--n", "2", "--preset", "fast", "--steps", "3",
+            "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0 and out.read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.parametrize("extra", [["--sampler", "euler"], ["--steps", "0"], ["--eta", "nan"]])
 def test_bad_sampler_settings_are_one_line(capsys, tmp_path, extra):
     assert main(["sample", "--out", str(tmp_path / "g.png"), *extra]) == 2
@@ -216,7 +224,8 @@ def test_sample_offers_only_models_that_sample(capsys, denoiser_ckpt, tmp_path):
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "time/class for the shipped models" in help_text and "denoiser" not in help_text
+    assert "time/class/time_e34 for the shipped models" in help_text
+    assert "denoiser" not in help_text
     assert main(["sample", "denoiser", "--out", str(tmp_path / "g.png")]) == 2
     assert "cannot sample" in capsys.readouterr().err
 

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from diffumnist import load_pretrained
+from diffumnist.checkpoint import load_checkpoint
 from diffumnist.classifier import classify, load_classifier
 from diffumnist.config import ConfigError
 from diffumnist.data import load_split, to_unit
 from diffumnist.evaluate import generate
 from diffumnist.metrics import class_balance
+from diffumnist.pretrained import BEYOND_RECIPE, pretrained_path
 from diffumnist.sampling import SamplingConfig
 
 
@@ -24,10 +26,11 @@ def test_class_model_draws_the_requested_digits():
 
 
 @pytest.mark.slow
-def test_time_model_draws_all_ten_digits():
+@pytest.mark.parametrize("name", ["time", "time_e34"])
+def test_time_models_draw_all_ten_digits(name):
     """200 unconditional samples spread over the digits (entropy near log2 10 = 3.32 bits)."""
     config = SamplingConfig(sampler="dpmpp", steps=20, precision="bf16")
-    images, _ = generate(load_pretrained("time"), 200, config, progress=False)
+    images, _ = generate(load_pretrained(name), 200, config, progress=False)
     predicted, _ = classify(load_classifier()[0], images)
     balance = class_balance(predicted)
     assert balance["entropy_bits"] > 3.0 and min(balance["histogram"]) > 0
@@ -40,6 +43,17 @@ def test_denoiser_removes_most_of_the_noise_at_its_training_sigma(data_dir):
     assert error < 0.012  # training loss plateaued at 0.0084; the noisy input's error is 0.25
 
 
+@pytest.mark.parametrize("name", BEYOND_RECIPE)
+def test_models_beyond_the_recipe_are_its_network_trained_longer(name):
+    """A name beyond the recipe loads its own file: the recipe's network and settings for
+    that kind, trained for more epochs; the kind's own name still loads the recipe's model."""
+    improved = load_checkpoint(pretrained_path(name))
+    recipe = load_checkpoint(pretrained_path(BEYOND_RECIPE[name]))
+    assert improved.model_config == recipe.model_config
+    assert improved.meta["epoch"] > recipe.meta["epoch"] == recipe.meta["train"]["epochs"] == 20
+    assert load_pretrained(name).config.kind == BEYOND_RECIPE[name]
+
+
 def test_unknown_name_is_a_clear_error():
-    with pytest.raises(ConfigError, match="denoiser, time, class"):
+    with pytest.raises(ConfigError, match="denoiser, time, class, time_e34"):
         load_pretrained("unet")

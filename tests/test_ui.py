@@ -192,15 +192,17 @@ def test_generated_three_is_judged_a_three(page, tmp_path):
     screenshot(page, tmp_path / "scrubbed-to-T.png")
 
 
-def test_time_model_gives_the_requested_count(page, tmp_path):
-    page.check("input[name='model'][value='time']")
+@pytest.mark.parametrize("model", ["time", "time_e34"])
+def test_time_models_give_the_requested_count(page, tmp_path, model):
+    page.check(f"input[name='model'][value='{model}']")
+    assert page.is_hidden("#digits-field") and not page.is_disabled("#guide")  # its weak twin
     page.fill("#count", "4")
     page.select_option("#sampler", "ddim")
     page.fill("#steps", "10")
     generate(page)
-    screenshot(page, tmp_path / "time-model.png")
+    screenshot(page, tmp_path / f"{model}-model.png")
     assert displayed_pixels(page, "#final").shape == (32, 2 + 4 * 30)  # 4 images, 2 px apart
-    assert page.inner_text("#result-caption").startswith("4 images from the time model")
+    assert page.inner_text("#result-caption").startswith(f"4 images from the {model} model")
 
 
 def test_invalid_input_shows_an_error_and_the_server_keeps_answering(page, server, tmp_path):
@@ -467,6 +469,7 @@ def test_a_foreign_host_header_is_refused(server):
         ({"guidance_interval": [0, 301]}, "guidance_interval must lie within 0..300"),
         ({"model": "time", "count": 11}, "count must be a whole number from 1 to 10; got 11"),
         ({"colour": "red"}, "unknown field(s): colour"),
+        ({"model": "time_e35"}, "model must be one of class, time, time_e34; got 'time_e35'"),
         ({"model": "time", "guide": "/etc/passwd"}, "guide must be null or weak for the time"),
         ({"guide": "weak"}, "guide must be null for the class model here"),
         ([3], "the request must be a JSON object"),
@@ -486,6 +489,8 @@ def test_a_generate_request_starts_from_the_fast_preset():
     assert time.sampling == PRESETS["time"]["fast"].replace(steps=20)
     unguided = parse_generate({"model": "time", "guide": None}, num_timesteps=300)
     assert unguided.sampling.guide is None
+    longer = parse_generate({"model": "time_e34", "count": 2}, num_timesteps=300)
+    assert longer.model == "time_e34" and longer.sampling == time.sampling  # the kind's preset
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ from diffumnist.sampling import StepInfo
 from diffumnist.viz import gif_bytes, png_bytes
 from diffumnist.webrequests import (
     DOWNLOAD_SCALES,
+    PAGE_MODELS,
     GenerateRequest,
     form_info,
     parse_denoise,
@@ -166,7 +167,7 @@ class DemoApp:
     """The models, the worker and recent jobs behind the page."""
 
     def __init__(self, max_queued: int = MAX_QUEUED) -> None:
-        self.models = {kind: load_pretrained(kind) for kind in ("class", "time")}
+        self.models = {name: load_pretrained(name) for name in PAGE_MODELS}
         self.denoiser = load_pretrained("denoiser")
         self.num_timesteps = min(m.config.num_timesteps for m in self.models.values())
         self.worker = Worker(max_queued)

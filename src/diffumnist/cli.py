@@ -38,6 +38,7 @@ from diffumnist.flags import (
 from diffumnist.kinds import KIND_NAMES, KINDS
 from diffumnist.launcher import WorkerFailed, launch
 from diffumnist.models import REMEASURE_BATCH_SIZE, export_weights
+from diffumnist.pretrained import BEYOND_RECIPE, PRETRAINED_NAMES, pretrained_path
 from diffumnist.runtime import describe_precision, resolve_device, resolve_precision
 from diffumnist.sampling import PRESETS, SamplingConfig
 from diffumnist.train import (
@@ -49,7 +50,7 @@ from diffumnist.train import (
 )
 from diffumnist.viz import IMAGE_FORMATS
 
-_SAMPLING_KINDS = tuple(name for name, kind in KINDS.items() if kind.samples)
+_SAMPLING_MODELS = (*(name for name, kind in KINDS.items() if kind.samples), *BEYOND_RECIPE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = add("sample", "generate digits (default: the shipped class model)")
     sample.add_argument("checkpoint", nargs="?", default="class",
-                        help=shipped.format("/".join(_SAMPLING_KINDS)))  # fmt: skip
+                        help=shipped.format("/".join(_SAMPLING_MODELS)))  # fmt: skip
     sample.add_argument("--digits", default="0-9", help="class model: digits, e.g. 0-9 or 1,3")
     sample.add_argument("--per-digit", type=positive_int, default=4, help="samples per digit")
     sample.add_argument("--n", type=positive_int, default=16, help="time model: samples")
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "300-step sampler, so 10k take about 4.5 hours; --sampler dpmpp --steps 20 takes "
         "about 10 s per 100, 10k in about 17 minutes. A GPU takes seconds.",
     )  # fmt: skip
-    evaluate.add_argument("checkpoint", nargs="?", help=shipped.format("/".join(KIND_NAMES)))
+    evaluate.add_argument("checkpoint", nargs="?", help=shipped.format("/".join(PRETRAINED_NAMES)))
     evaluate.add_argument("--samples", type=Path, help="score this .npz instead of generating")
     evaluate.add_argument("--n", type=positive_int, default=10_000, help="samples to generate")
     evaluate.add_argument("--batch-size", type=positive_int, default=500, help="per model call")
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "statistics measured afresh for those weights (the EMA copy's stored statistics "
         "were measured on other weights; MODEL_CARD.md measures the difference).",
     )  # fmt: skip
-    export.add_argument("checkpoint", help=shipped.format("/".join(_SAMPLING_KINDS)))
+    export.add_argument("checkpoint", help=shipped.format("/".join(_SAMPLING_MODELS)))
     export.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     export.add_argument("--raw", action="store_true", help="the raw weights, not the EMA copy")
     export.add_argument("--fp16", action="store_true", help="store floats in fp16 (half the size)")
@@ -158,11 +159,9 @@ def _check_writable(paths: Sequence[Path | None]) -> None:
 
 
 def resolve_checkpoint(value: str | None, default: str = "class") -> Path:
-    """A path, or the name of a shipped model (denoiser, time, class) when no such file exists."""
-    from diffumnist.pretrained import pretrained_path
-
+    """A path, or the name of a shipped model (PRETRAINED_NAMES) when no such file exists."""
     value = value or default
-    if not Path(value).exists() and value in KIND_NAMES:
+    if not Path(value).exists() and value in PRETRAINED_NAMES:
         return pretrained_path(value)
     return Path(value)
 

@@ -19,7 +19,7 @@ import torch
 from diffumnist.config import ConfigError, check_choice, recipe
 from diffumnist.data import add_noise, to_unit
 from diffumnist.models import WEAK_GUIDE
-from diffumnist.pretrained import shipped_weights
+from diffumnist.pretrained import BEYOND_RECIPE, shipped_weights
 from diffumnist.sampling import PRESETS, SAMPLER_NAMES, SEED_RANGE, SamplingConfig, StartName
 
 PAGE_PRESET = "fast"  # the page's first settings; "recipe" is one click away
@@ -34,6 +34,8 @@ PAGE_SETTINGS = (
 # Kinds whose weak twin ships, so the page may offer guide="weak" (never a path: the page
 # must not name files on the server).
 WEAK_GUIDES = tuple(kind for kind in PRESETS if shipped_weights(f"{kind}_weak").exists())
+# The page's models by name, each with its kind: the recipe's two and those beyond it.
+PAGE_MODELS: dict[str, str] = {"class": "class", "time": "time", **BEYOND_RECIPE}
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ def form_info(num_timesteps: int) -> dict[str, Any]:
     T = num_timesteps
     return {
         "preset": PAGE_PRESET,
+        "models": PAGE_MODELS,
         "presets": {
             kind: {name: config.to_dict() for name, config in presets.items()}
             for kind, presets in PRESETS.items()
@@ -116,9 +119,10 @@ def parse_generate(payload: object, num_timesteps: int) -> GenerateRequest:
     """
     data = _object(payload, {"model", "digits", "count", *PAGE_SETTINGS})
     model = data.get("model", "class")
-    check_choice("model", model, ("class", "time"))
+    check_choice("model", model, tuple(PAGE_MODELS))
+    kind = PAGE_MODELS[model]
     digits, count = GenerateRequest.digits, GenerateRequest.count
-    if model == "class":
+    if kind == "class":
         digits = _int_list(data.get("digits", list(digits)), "digits", 9)
         if not 1 <= len(digits) <= MAX_DIGITS:
             raise ConfigError(f"pick 1 to {MAX_DIGITS} digits; got {len(digits)}")
@@ -129,11 +133,11 @@ def parse_generate(payload: object, num_timesteps: int) -> GenerateRequest:
         if name in settings and settings[name] is None:
             raise ConfigError(f"{name} needs a value; got nothing")
     if settings.get("guide") not in (None, WEAK_GUIDE) or (
-        settings.get("guide") == WEAK_GUIDE and model not in WEAK_GUIDES
+        settings.get("guide") == WEAK_GUIDE and kind not in WEAK_GUIDES
     ):
-        choices = "null or weak" if model in WEAK_GUIDES else "null"
+        choices = "null or weak" if kind in WEAK_GUIDES else "null"
         raise ConfigError(f"guide must be {choices} for the {model} model here")
-    config = SamplingConfig.from_preset(PAGE_PRESET, model, **settings)
+    config = SamplingConfig.from_preset(PAGE_PRESET, kind, **settings)
     config = config.replace(steps=config.num_steps(num_timesteps))
     return GenerateRequest(model=model, digits=digits, count=count, sampling=config)
 

@@ -136,7 +136,9 @@ function pressDigits(pressed) {
 }
 
 const currentModel = () => document.querySelector('input[name="model"]:checked').value;
-const modelPresets = () => info.presets[currentModel()];
+/** The chosen model's kind (class or time), which sets its presets, form and guidance. */
+const currentKind = () => info.models[currentModel()];
+const modelPresets = () => info.presets[currentKind()];
 
 /** Preset buttons from the server's SamplingConfig presets, which differ per model (the
  *  time model has no classes to guide); the page starts from its own. */
@@ -169,7 +171,7 @@ function applyPreset(name) {
 
 function markPreset(name) {
   activePreset = name;
-  const guided = currentModel() === "class";
+  const guided = currentKind() === "class";
   for (const button of $("presets").children) {
     const preset = button.id.slice("preset-".length);
     button.setAttribute("aria-pressed", String(preset === name));
@@ -224,7 +226,7 @@ function writeHelp() {
 
 /** Switching model keeps the chosen preset, with the new model's settings for it. */
 function onModelChange() {
-  const timeModel = currentModel() === "time";
+  const timeModel = currentKind() === "time";
   $("digits-field").hidden = timeModel;
   $("count-field").hidden = !timeModel;
   if (activePreset) applyPreset(activePreset);
@@ -235,10 +237,10 @@ function onModelChange() {
 /** γ and its interval act when there is something to guide away from: the class model's
  *  unconditional branch, or a weak twin (the only guidance the time model has). */
 function enableGuidance() {
-  const model = currentModel();
-  $("guide").disabled = !info.weak_guides.includes(model);
+  const kind = currentKind();
+  $("guide").disabled = !info.weak_guides.includes(kind);
   if ($("guide").disabled) $("guide").value = "";
-  const guided = model === "class" || Boolean($("guide").value);
+  const guided = kind === "class" || Boolean($("guide").value);
   for (const id of ["guidance", "gi-low", "gi-high"]) $(id).disabled = !guided;
 }
 
@@ -254,7 +256,7 @@ function readGenerateForm() {
     start: $("start").value,
     guide: $("guide").value || null,
   };
-  if (model === "time") {
+  if (currentKind() === "time") {
     body.count = readNumber($("count"), "How many images");
   } else {
     const pressed = $("digits").querySelectorAll('button[aria-pressed="true"]');
@@ -397,16 +399,18 @@ function showResult(done) {
 }
 
 function describeResult(s) {
-  const what = s.model === "class"
+  const classes = info.models[s.model] === "class";
+  const what = classes
     ? `digit${s.digits.length > 1 ? "s" : ""} ${s.digits.join(" ")}`
-    : `${s.count} image${s.count > 1 ? "s" : ""} from the time model`;
-  return `${what}, ${describeSampling(s, s.model === "class")}, seed ${s.seed}`;
+    : `${s.count} image${s.count > 1 ? "s" : ""} from the ${s.model} model`;
+  return `${what}, ${describeSampling(s, classes)}, seed ${s.seed}`;
 }
 
 /** The settings as a file name: class_d5_g5_gi30-180_dpmpp20_seed42 and the like. */
 function fileStem(s) {
-  let what = s.model === "class" ? `class_d${s.digits.join("")}` : `time_n${s.count}`;
-  if (s.model === "class" || s.guide) {
+  const classes = info.models[s.model] === "class";
+  let what = classes ? `${s.model}_d${s.digits.join("")}` : `${s.model}_n${s.count}`;
+  if (classes || s.guide) {
     what += `_g${s.guidance_scale}${s.guide ? `_${s.guide}` : ""}`;
     if (s.guidance_interval) what += `_gi${s.guidance_interval.join("-")}`;
   }
