@@ -74,6 +74,10 @@ TIME_SETTINGS = [
     # autoguidance: γ extrapolates away from the weak twin, the time model's only guidance
     *({**DPMPP_20, "eta": 0.0, "guidance_scale": g, **MEAN, **WEAK} for g in (2.0, 1.5, 3.0)),
     {**DPMPP_20, "eta": 0.5, "guidance_scale": 2.0, **MEAN, **WEAK},
+    # noise injection and more steps, each with the twin at its best γ
+    *({**DPMPP_20, "eta": eta, "guidance_scale": 1.5, **MEAN, **WEAK} for eta in (0.5, 1.0)),
+    {"sampler": "dpmpp", "steps": 40, "eta": 0.0, "guidance_scale": 1.5, **MEAN, **WEAK},
+    *({**DPMPP_20, "eta": 1.0, "guidance_scale": g, **MEAN, **WEAK} for g in (1.25, 1.75)),
 ]
 # A few settings that tell weights apart (raw against EMA, one run against another).
 HEADLINE = {
@@ -86,6 +90,7 @@ HEADLINE = {
         {**DPMPP_20, "eta": 1.0, **MEAN},
         {**DPMPP_20, "eta": 0.0, **MEAN},
         {**DPMPP_20, "eta": 0.0, "guidance_scale": 1.5, **MEAN, **WEAK},
+        {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK},
     ],
 }
 

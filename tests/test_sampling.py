@@ -139,9 +139,9 @@ def test_presets_resolve_to_their_settings_and_explicit_values_win(tiny_class_mo
     )
     assert PRESETS["class"]["fast"] == documented
     assert PRESETS["class"]["best"] == documented.replace(steps=50)
-    # the time model, which has no classes: autoguided by its weak twin (README)
+    # the time model, which has no classes: the SDE autoguided by its weak twin (README)
     time_fast = SamplingConfig(
-        sampler="dpmpp", steps=20, guidance_scale=1.5, guide="weak", start="mean"
+        sampler="dpmpp", steps=20, eta=1.0, guidance_scale=1.5, guide="weak", start="mean"
     )
     assert SamplingConfig.from_preset("fast", "time") == time_fast
     assert SamplingConfig.from_preset("recipe", "time") == SamplingConfig()

@@ -453,8 +453,8 @@ _LEGIBLE = SamplingConfig(
     sampler="dpmpp", steps=20, guidance_scale=2.5, guidance_interval=(30, 240), start="mean"
 )  # MNIST-FID 16.43 at guided accuracy 0.9995, 34 NFE (n = 2,000; floor 2.20)
 _TIME_GUIDED = SamplingConfig(
-    sampler="dpmpp", steps=20, guidance_scale=1.5, guide="weak", start="mean"
-)  # MNIST-FID 12.34 against 19.94 unguided (η = 1), 40 NFE (n = 2,000)
+    sampler="dpmpp", steps=20, eta=1.0, guidance_scale=1.5, guide="weak", start="mean"
+)  # MNIST-FID 7.04 against 12.34 for the ODE (η = 0) and 19.94 unguided, 40 NFE (n = 2,000)
 PRESETS: dict[str, dict[str, SamplingConfig]] = {
     "class": {
         "recipe": SamplingConfig(),
