@@ -294,11 +294,11 @@ def test_the_time_model_gets_its_own_preset(capsys, make_checkpoint, tmp_path):
     assert main([*argv, "--guide", str(guide)]) == 0
     line = capsys.readouterr().out.splitlines()[1]
     assert line.startswith(
-        f"sampling: dpmpp 4 steps, γ = 1.5 from the {guide} guide, from the mean"
+        f"sampling: dpmpp 4 steps, γ = 1.5 from the {guide} guide, η = 1, from the mean"
     )
     assert main([*argv, "--guide", "none"]) == 0  # no guide: nothing for γ to act on
     said = capsys.readouterr().out.splitlines()[1]
-    assert said.startswith("sampling: dpmpp 4 steps, from the mean digit, seed 3"), said
+    assert said.startswith("sampling: dpmpp 4 steps, η = 1, from the mean digit, seed 3"), said
     # the preset's shipped weak twin guides only models of its T (300): one line, exit 2
     assert main(argv) == 2
     err = capsys.readouterr().err
