@@ -469,7 +469,7 @@ def test_a_foreign_host_header_is_refused(server):
         ({"guidance_interval": [0, 301]}, "guidance_interval must lie within 0..300"),
         ({"model": "time", "count": 11}, "count must be a whole number from 1 to 10; got 11"),
         ({"colour": "red"}, "unknown field(s): colour"),
-        ({"model": "time_e35"}, "model must be one of class, time, time_e34; got 'time_e35'"),
+        ({"model": "time_e35"}, "model must be one of time, class, time_e34; got 'time_e35'"),
         ({"model": "time", "guide": "/etc/passwd"}, "guide must be null or weak for the time"),
         ({"guide": "weak"}, "guide must be null for the class model here"),
         ([3], "the request must be a JSON object"),

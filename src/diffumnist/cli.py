@@ -35,10 +35,10 @@ from diffumnist.flags import (
     seed_int,
     version_text,
 )
-from diffumnist.kinds import KIND_NAMES, KINDS
+from diffumnist.kinds import KIND_NAMES
 from diffumnist.launcher import WorkerFailed, launch
 from diffumnist.models import REMEASURE_BATCH_SIZE, export_weights
-from diffumnist.pretrained import BEYOND_RECIPE, PRETRAINED_NAMES, pretrained_path
+from diffumnist.pretrained import PRETRAINED_NAMES, SAMPLING_MODELS, pretrained_path
 from diffumnist.runtime import describe_precision, resolve_device, resolve_precision
 from diffumnist.sampling import PRESETS, SamplingConfig
 from diffumnist.train import (
@@ -49,8 +49,6 @@ from diffumnist.train import (
     read_run_config,
 )
 from diffumnist.viz import IMAGE_FORMATS
-
-_SAMPLING_MODELS = (*(name for name, kind in KINDS.items() if kind.samples), *BEYOND_RECIPE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = add("sample", "generate digits (default: the shipped class model)")
     sample.add_argument("checkpoint", nargs="?", default="class",
-                        help=shipped.format("/".join(_SAMPLING_MODELS)))  # fmt: skip
+                        help=shipped.format("/".join(SAMPLING_MODELS)))  # fmt: skip
     sample.add_argument("--digits", default="0-9", help="class model: digits, e.g. 0-9 or 1,3")
     sample.add_argument("--per-digit", type=positive_int, default=4, help="samples per digit")
     sample.add_argument("--n", type=positive_int, default=16, help="time model: samples")
@@ -119,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "statistics measured afresh for those weights (the EMA copy's stored statistics "
         "were measured on other weights; MODEL_CARD.md measures the difference).",
     )  # fmt: skip
-    export.add_argument("checkpoint", help=shipped.format("/".join(_SAMPLING_MODELS)))
+    export.add_argument("checkpoint", help=shipped.format("/".join(SAMPLING_MODELS)))
     export.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     export.add_argument("--raw", action="store_true", help="the raw weights, not the EMA copy")
     export.add_argument("--fp16", action="store_true", help="store floats in fp16 (half the size)")

@@ -14,13 +14,18 @@ from importlib import resources
 from pathlib import Path
 
 from diffumnist.config import check_choice
-from diffumnist.kinds import KIND_NAMES
+from diffumnist.kinds import KIND_NAMES, KINDS
 from diffumnist.models import Denoiser, DiffusionModel, load
 
 # Weights beyond the recipe, by name, with the kind each is (whose presets and weak twin it
 # takes): "time_e34" is the time model's recipe run trained on to 34 epochs.
 BEYOND_RECIPE: dict[str, str] = {"time_e34": "time"}
 PRETRAINED_NAMES: tuple[str, ...] = (*KIND_NAMES, *BEYOND_RECIPE)
+# The shipped models that sample (all but the denoiser), by name, with their kinds.
+SAMPLING_MODELS: dict[str, str] = {
+    **{name: name for name, kind in KINDS.items() if kind.samples},
+    **BEYOND_RECIPE,
+}
 
 
 def shipped_weights(name: str) -> Path:

@@ -19,7 +19,7 @@ import torch
 from diffumnist.config import ConfigError, check_choice, recipe
 from diffumnist.data import add_noise, to_unit
 from diffumnist.models import WEAK_GUIDE
-from diffumnist.pretrained import BEYOND_RECIPE, shipped_weights
+from diffumnist.pretrained import SAMPLING_MODELS, shipped_weights
 from diffumnist.sampling import PRESETS, SAMPLER_NAMES, SEED_RANGE, SamplingConfig, StartName
 
 PAGE_PRESET = "fast"  # the page's first settings; "recipe" is one click away
@@ -34,8 +34,8 @@ PAGE_SETTINGS = (
 # Kinds whose weak twin ships, so the page may offer guide="weak" (never a path: the page
 # must not name files on the server).
 WEAK_GUIDES = tuple(kind for kind in PRESETS if shipped_weights(f"{kind}_weak").exists())
-# The page's models by name, each with its kind: the recipe's two and those beyond it.
-PAGE_MODELS: dict[str, str] = {"class": "class", "time": "time", **BEYOND_RECIPE}
+# The page's models by name, each with its kind: every shipped model that samples.
+PAGE_MODELS: dict[str, str] = SAMPLING_MODELS
 
 
 @dataclass(frozen=True)
