@@ -38,6 +38,7 @@ DPMPP_20 = {"sampler": "dpmpp", "steps": 20}
 INTERVAL = {"guidance_interval": (30, 180)}
 MEAN = {"start": "mean"}
 WEAK = {"guide": "weak"}  # autoguidance by the shipped weak twin (time_weak.safetensors)
+CLIP = {"clip_x0": True}  # each step's x̂0 clamped to [0, 1]
 # The class model: ODE against SDE at each γ, and guidance limited to 30 < t <= 180.
 CLASS_SETTINGS = [
     *({**DPMPP_20, "eta": 0.0, "guidance_scale": g} for g in (1.0, 3.0, 5.0)),
@@ -66,6 +67,34 @@ CLASS_SETTINGS = [
         "guidance_interval": (30, 240),
         **MEAN,
     },
+    # x̂0 clipped to [0, 1]: against the same settings unclipped above
+    {**DPMPP_20, "eta": 0.0, "guidance_scale": 2.5, "guidance_interval": (30, 240), **MEAN, **CLIP},
+    {**DPMPP_20, "eta": 0.0, "guidance_scale": 5.0, **CLIP},
+    {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.0, **MEAN, **CLIP},
+    *(
+        {
+            **DPMPP_20,
+            "eta": 0.0,
+            "guidance_scale": g,
+            "guidance_interval": (30, 240),
+            **MEAN,
+            **CLIP,
+        }
+        for g in (2.0, 2.25)
+    ),
+    *(
+        {**DPMPP_20, "eta": 0.0, "guidance_scale": g, **INTERVAL, **MEAN, **CLIP}
+        for g in (2.5, 3.0)
+    ),
+    {
+        "sampler": "dpmpp",
+        "steps": 50,
+        "eta": 0.0,
+        "guidance_scale": 2.5,
+        "guidance_interval": (30, 240),
+        **MEAN,
+        **CLIP,
+    },
 ]
 TIME_SETTINGS = [
     *({**DPMPP_20, "eta": eta} for eta in ODE_SDE),
@@ -78,6 +107,9 @@ TIME_SETTINGS = [
     *({**DPMPP_20, "eta": eta, "guidance_scale": 1.5, **MEAN, **WEAK} for eta in (0.5, 1.0)),
     {"sampler": "dpmpp", "steps": 40, "eta": 0.0, "guidance_scale": 1.5, **MEAN, **WEAK},
     *({**DPMPP_20, "eta": 1.0, "guidance_scale": g, **MEAN, **WEAK} for g in (1.25, 1.75)),
+    # x̂0 clipped to [0, 1], unguided and with the twin
+    {**DPMPP_20, "eta": 1.0, **MEAN, **CLIP},
+    {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK, **CLIP},
 ]
 # A few settings that tell weights apart (raw against EMA, one run against another).
 HEADLINE = {
@@ -85,12 +117,21 @@ HEADLINE = {
         {**DPMPP_20, "eta": 0.0, "guidance_scale": 2.5, "guidance_interval": (30, 240), **MEAN},
         {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.0, **MEAN},
         {**DPMPP_20, "eta": 0.0, "guidance_scale": 5.0, **INTERVAL},
+        {
+            **DPMPP_20,
+            "eta": 0.0,
+            "guidance_scale": 2.5,
+            "guidance_interval": (30, 240),
+            **MEAN,
+            **CLIP,
+        },
     ],
     "time": [
         {**DPMPP_20, "eta": 1.0, **MEAN},
         {**DPMPP_20, "eta": 0.0, **MEAN},
         {**DPMPP_20, "eta": 0.0, "guidance_scale": 1.5, **MEAN, **WEAK},
         {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK},
+        {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK, **CLIP},
     ],
 }
 
@@ -131,9 +172,9 @@ def measure(model, setting: dict, n: int, seed: int) -> dict:
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line]
     lines = [
-        "| sampler | steps | η | γ | interval | guide | start | NFE | MNIST-FID (floor) "
+        "| sampler | steps | η | γ | interval | guide | start | x̂0 | NFE | MNIST-FID (floor) "
         "| precision | recall | guided acc. |",
-        "| --- | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         s = row["setting"]
@@ -145,7 +186,7 @@ def table(path: Path) -> str:
             f"| {s['sampler']} | {s.get('steps', 300)} | {s.get('eta', 0):g} "
             f"| {s.get('guidance_scale', '—')} | {interval} "
             f"| {s.get('guide', 'CFG' if 'guided_accuracy' in row else '—')} "
-            f"| {s.get('start', 'noise')} "
+            f"| {s.get('start', 'noise')} | {'clipped' if s.get('clip_x0') else '—'} "
             f"| {row['nfe_per_image']} "
             f"| {row['mnist_fid']:.2f} ({row['mnist_fid_floor']:.2f}) | {row['precision']:.3f} "
             f"| {row['recall']:.3f} | {accuracy} |"

@@ -286,6 +286,17 @@ def test_sample_says_which_settings_it_used(capsys, class_ckpt, tmp_path):
     assert line.endswith(("bf16", "fp32"))
 
 
+def test_clip_x0_is_a_flag_both_ways(capsys, class_ckpt, tmp_path):
+    """--clip-x0 turns clipping on, --no-clip-x0 off (over a preset that has it)."""
+    argv = ["sample", str(class_ckpt), "--digits", "1", "--out", str(tmp_path / "g.png"),
+            "--preset", "fast", "--steps", "4", "--guidance-interval", "1,8"]  # fmt: skip
+    said = {}
+    for flag in ("--clip-x0", "--no-clip-x0"):
+        assert main([*argv, flag]) == 0
+        said[flag] = capsys.readouterr().out.splitlines()[1]
+    assert "x̂0 clipped" in said["--clip-x0"] and "x̂0 clipped" not in said["--no-clip-x0"]
+
+
 def test_the_time_model_gets_its_own_preset(capsys, make_checkpoint, tmp_path):
     ckpt = make_checkpoint("time", hidden_dim=8, num_timesteps=10)
     guide = make_checkpoint("time", hidden_dim=4, num_timesteps=10)

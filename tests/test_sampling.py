@@ -122,6 +122,43 @@ def test_outside_the_guidance_interval_only_the_class_branch_runs(tiny_class_mod
         assert torch.equal(guided(x, t), always(x, t)), t
 
 
+def _x0_estimates(model, config: SamplingConfig) -> torch.Tensor:
+    """Every step's x̂0 while sampling digits 3 and 7."""
+    seen = []
+    model.generate([3, 7], config, callback=lambda info: seen.append(info.x0_pred))
+    return torch.stack(seen)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+def test_clip_x0_keeps_every_steps_estimate_in_the_pixel_range(tiny_class_model, sampler):
+    """An untrained net's x̂0 leaves [0, 1]; with clip_x0 every sampler steps from it clamped."""
+    config = SamplingConfig(sampler=sampler, steps=None if sampler == "ddpm" else 6)
+    plain = _x0_estimates(tiny_class_model, config)
+    clipped = _x0_estimates(tiny_class_model, config.replace(clip_x0=True))
+    assert plain.min() < -0.1 or plain.max() > 1.1
+    assert clipped.min() >= -1e-5 and clipped.max() <= 1 + 1e-5
+    assert not torch.equal(plain, clipped)
+
+
+def test_clip_x0_changes_only_out_of_range_pixels_of_x0(tiny_class_model):
+    model = tiny_class_model
+    onehot = torch.nn.functional.one_hot(torch.tensor([2, 6]), 10).float()
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    plain = make_eps_fn(model.net, model.diffusion, onehot, 5.0)(x, 10)
+    clipped = make_eps_fn(model.net, model.diffusion, onehot, 5.0, clip_x0=True)(x, 10)
+    x0_plain = model.diffusion.predict_x0_from_eps(x, 10, plain)
+    x0_clipped = model.diffusion.predict_x0_from_eps(x, 10, clipped)
+    inside = (x0_plain >= 0) & (x0_plain <= 1)
+    assert 0 < inside.float().mean() < 1
+    torch.testing.assert_close(x0_clipped, x0_plain.clamp(0, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(clipped[inside], plain[inside], atol=1e-4, rtol=1e-4)
+
+
+def test_clip_x0_must_be_a_bool():
+    with pytest.raises(ConfigError, match="clip_x0 must be true or false"):
+        SamplingConfig(clip_x0="yes")
+
+
 def test_network_evaluations_count_both_branches_only_inside_the_interval():
     config = SamplingConfig(sampler="dpmpp", steps=20, guidance_interval=(30, 180))
     visited = spaced_timesteps(300, 20)  # 300, 285, ..., 15

@@ -277,7 +277,9 @@ def test_ddpm_steps_are_not_editable(page):
     assert page.is_enabled("#steps") and page.input_value("#steps") == "50"
     assert page.is_enabled("#eta")
     assert page.input_value("#start") == "noise"  # the recipe starts from pure noise
+    assert not page.is_checked("#clip-x0")  # nor does it clip x̂0
     page.click("#preset-fast")
+    assert page.is_checked("#clip-x0") == PRESETS["class"]["fast"].clip_x0
     assert page.input_value("#sampler") == "dpmpp" and page.input_value("#steps") == "20"
     assert page.input_value("#start") == PRESETS["class"]["fast"].start
     assert page.is_disabled("#guide")  # no weak twin ships for the class model
@@ -293,7 +295,7 @@ def test_ddpm_steps_are_not_editable(page):
     page.click("#preset-fast")
     page.check("input[name='model'][value='class']")
     assert page.input_value("#guide") == "" and page.input_value("#guidance") == "2.5"
-    for name in ("sampler", "steps", "eta", "start", "guide", "guidance_scale",
+    for name in ("sampler", "steps", "eta", "start", "clip_x0", "guide", "guidance_scale",
                  "guidance_interval", "seed"):  # fmt: skip
         assert "Range:" in page.inner_text(f"#help-{name}")
 
@@ -462,6 +464,8 @@ def test_a_foreign_host_header_is_refused(server):
         ({"digits": [3, 10]}, "digits must be a list of whole numbers 0-9"),
         ({"guidance_scale": "lots"}, "guidance_scale must be a finite number"),
         ({"guidance_scale": None}, "guidance_scale needs a value; got nothing"),
+        ({"clip_x0": "yes"}, "clip_x0 must be true or false; got 'yes'"),
+        ({"clip_x0": None}, "clip_x0 needs a value; got nothing"),
         ({"seed": 2**40}, "seed must be an integer in 0..4294967295"),
         ({"sampler": "euler"}, "sampler must be one of ddpm, ddim, dpmpp"),
         ({"sampler": "ddpm", "steps": 20}, "ddpm always takes all T=300 steps"),
@@ -489,6 +493,9 @@ def test_a_generate_request_starts_from_the_fast_preset():
     assert time.sampling == PRESETS["time"]["fast"].replace(steps=20)
     unguided = parse_generate({"model": "time", "guide": None}, num_timesteps=300)
     assert unguided.sampling.guide is None
+    assert parse_generate({"clip_x0": not request.sampling.clip_x0}, 300).sampling == (
+        request.sampling.replace(clip_x0=not request.sampling.clip_x0)
+    )
     longer = parse_generate({"model": "time_e34", "count": 2}, num_timesteps=300)
     assert longer.model == "time_e34" and longer.sampling == time.sampling  # the kind's preset
 

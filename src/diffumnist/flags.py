@@ -172,6 +172,8 @@ def add_sampling_flags(parser: argparse.ArgumentParser, seed: int | None = None)
             kwargs |= {"default": seed, "help": "seed of the initial noise"}
         if field.type in _FLAG_CHOICES:
             kwargs["choices"] = _FLAG_CHOICES[field.type]
+        elif field.type == "bool":  # --clip-x0 / --no-clip-x0, so a preset's value can be undone
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = _SAMPLING_TYPES[field.name]
         if field.name == "guidance_interval":

@@ -108,6 +108,7 @@ class DiffusionModel(nn.Module):
         guidance_interval: tuple[int, int] | None = None,
         guide: str | None = None,
         start: str | None = None,
+        clip_x0: bool | None = None,
         precision: str | None = None,
         frame_every: int = 1,
         callback: StepCallback | None = None,
@@ -121,7 +122,8 @@ class DiffusionModel(nn.Module):
         guidance_interval (lo, hi): γ only for lo < t <= hi; guide: "weak" or a checkpoint
         path makes γ autoguidance, away from that weaker model (the time model's only
         guidance), instead of classifier-free guidance; start: "noise" (x_T ~ N(0, I))
-        or "mean" (x_T from the digit's mean image, see SamplingConfig).
+        or "mean" (x_T from the digit's mean image, see SamplingConfig); clip_x0: clamp each
+        step's x̂0 to [0, 1].
         Returns (samples float (N, 1, H, W) clamped to [0, 1] on the CPU,
         animation uint8 (F, N, H, W): x_T, then x_t after every `frame_every`-th step
         and always the final x_0). Same seed, same samples, on the same machine.
@@ -129,7 +131,7 @@ class DiffusionModel(nn.Module):
         given = {
             "guidance_scale": guidance_scale, "seed": seed, "sampler": sampler, "steps": steps,
             "eta": eta, "guidance_interval": guidance_interval, "guide": guide, "start": start,
-            "precision": precision,
+            "clip_x0": clip_x0, "precision": precision,
         }  # fmt: skip
         config = SamplingConfig.from_preset(
             preset, self.config.kind, **{k: v for k, v in given.items() if v is not None}
@@ -216,7 +218,7 @@ class DiffusionModel(nn.Module):
             guide = guide_model(config.guide, self.config)
             guide_net = inference_net(guide.net).to(self.device)
         eps_fn = make_eps_fn(net, self.diffusion, onehot, float(config.guidance_scale),
-                             config.guidance_interval, guide_net)  # fmt: skip
+                             config.guidance_interval, guide_net, config.clip_x0)  # fmt: skip
         frames = [to_uint8(x_T)]
 
         def record(info: StepInfo) -> None:

@@ -100,6 +100,12 @@ class SamplingConfig:
         "x_T: noise = N(0, I), as the recipe; mean = the forward process at t = T from the mean "
         "training image of the digit, which keeps the √ᾱ_T = 0.22 of signal T = 300 leaves",
     )
+    clip_x0: bool = _setting(
+        False,
+        "clamp each step's estimate of the clean image x̂0 to the pixel range [0, 1] before "
+        "the step uses it (Ho et al.'s clip_denoised, diffusers' clip_sample); the recipe "
+        "does not clip",
+    )
     seed: int = _setting(0, f"seed of the initial noise, 0..{SEED_RANGE.stop - 1}")
     precision: Precision = _setting(
         "auto", "auto = bf16 autocast where the hardware runs it natively, else fp32"
@@ -113,6 +119,8 @@ class SamplingConfig:
             raise ConfigError(f"steps must be a positive integer; got {self.steps!r}")
         if not is_number(self.eta) or not 0 <= self.eta <= 1:
             raise ConfigError(f"eta must be a number in [0, 1]; got {self.eta!r}")
+        if not isinstance(self.clip_x0, bool):
+            raise ConfigError(f"clip_x0 must be true or false; got {self.clip_x0!r}")
         if self.eta != 0 and self.sampler == "ddpm":
             raise ConfigError(
                 f"eta applies to the ddim and dpmpp samplers (ddpm is always fully stochastic); "
@@ -184,6 +192,7 @@ class SamplingConfig:
                 parts[-1] += f" from the {self.guide} guide"
         parts += [f"η = {self.eta:g}"] if self.eta else []
         parts += ["from the mean digit"] if self.start == "mean" else []
+        parts += ["x̂0 clipped"] if self.clip_x0 else []
         parts += [f"seed {self.seed}"] if with_seed else []
         parts += [self.precision] if self.precision != "auto" else []
         return ", ".join(parts)
@@ -232,6 +241,7 @@ def make_eps_fn(
     guidance_scale: float = 1.0,
     guidance_interval: tuple[int, int] | None = None,
     guide_net: nn.Module | None = None,
+    clip_x0: bool = False,
 ) -> EpsFn:
     """Wrap a network as ε_θ(x_t, t), guided: classifier-free or by a weaker twin.
 
@@ -243,6 +253,10 @@ def make_eps_fn(
     rather than from the unconditional digit, so it needs no classes and costs no variety.
     With `guidance_interval` (lo, hi), γ applies only for lo < t <= hi and other steps take
     ε alone (Kynkäänniemi et al. 2024): one network evaluation instead of two there.
+    With `clip_x0` the (guided) ε is turned into x̂0, clamped to the pixel range [0, 1] and
+    turned back, so every sampler steps from the clamped estimate (Ho et al. 2020's
+    clip_denoised; diffusers recomputes ε the same way when it clips for DDIM). Guidance
+    extrapolates, and its x̂0 overshoots the range the data lives in.
     """
     if not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be finite; got {guidance_scale}")
@@ -267,7 +281,14 @@ def make_eps_fn(
         eps_cond, eps_uncond = both.float().chunk(2)
         return eps_uncond + scale * (eps_cond - eps_uncond)
 
-    return eps_fn
+    if not clip_x0:
+        return eps_fn
+
+    def clipped_eps_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        x0_pred = diffusion.predict_x0_from_eps(x_t, t, eps_fn(x_t, t)).clamp(0, 1)
+        return diffusion.predict_eps_from_x0(x_t, t, x0_pred)
+
+    return clipped_eps_fn
 
 
 def network_evaluations(config: SamplingConfig, num_timesteps: int, conditional: bool) -> int:

@@ -29,7 +29,8 @@ DOWNLOAD_SCALES = ("1", "2", "4")  # an 8x GIF of ten digits takes seconds to en
 TRAINED_SIGMA = recipe("denoiser").sigma  # the noise level the shipped denoiser learned
 # Sampling settings the page may send; precision stays SamplingConfig's default (auto).
 PAGE_SETTINGS = (
-    "sampler", "steps", "eta", "start", "guide", "guidance_scale", "guidance_interval", "seed",
+    "sampler", "steps", "eta", "start", "clip_x0", "guide", "guidance_scale",
+    "guidance_interval", "seed",
 )  # fmt: skip
 # Kinds whose weak twin ships, so the page may offer guide="weak" (never a path: the page
 # must not name files on the server).
@@ -129,7 +130,7 @@ def parse_generate(payload: object, num_timesteps: int) -> GenerateRequest:
     else:
         count = _number(data, "count", count, 1, MAX_DIGITS)
     settings = {name: data[name] for name in PAGE_SETTINGS if name in data}
-    for name in ("sampler", "eta", "start", "guidance_scale", "seed"):
+    for name in ("sampler", "eta", "start", "clip_x0", "guidance_scale", "seed"):
         if name in settings and settings[name] is None:
             raise ConfigError(f"{name} needs a value; got nothing")
     if settings.get("guide") not in (None, WEAK_GUIDE) or (

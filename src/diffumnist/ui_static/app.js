@@ -77,7 +77,9 @@ let shownTimeline = []; // frames {step, t, x_t, x0} of the result on screen
 let shownResult = null; // {done, stem} of the result on screen
 let clickedAt = 0;
 
-const SAMPLING_INPUTS = ["sampler", "steps", "eta", "start", "guide", "guidance", "gi-low", "gi-high"];
+const SAMPLING_INPUTS = [
+  "sampler", "steps", "eta", "start", "clip-x0", "guide", "guidance", "gi-low", "gi-high",
+];
 let activePreset = null; // the preset whose settings the form holds, or null once edited
 
 function setupGenerateForm() {
@@ -161,6 +163,7 @@ function applyPreset(name) {
   onSamplerChange(preset.steps ?? info.default_steps[preset.sampler]);
   $("eta").value = preset.eta;
   $("start").value = preset.start;
+  $("clip-x0").checked = preset.clip_x0;
   $("guide").value = preset.guide ?? "";
   enableGuidance();
   $("guidance").value = preset.guidance_scale;
@@ -191,6 +194,7 @@ function describeSampling(s, guided = true) {
   const guide = s.guide ? ` away from the ${s.guide} twin` : "";
   if (guided || s.guide) parts.push(`γ = ${s.guidance_scale}${interval}${guide}`);
   if (s.start === "mean") parts.push("from the mean digit");
+  if (s.clip_x0) parts.push("x̂0 clipped");
   return parts.join(", ");
 }
 
@@ -214,6 +218,7 @@ function writeHelp() {
     steps: $("steps").disabled ? `always ${T} for ${$("sampler").value}` : `1–${T}`,
     eta: $("eta").disabled ? `${info.eta_samplers.join(" and ")} only` : "0–1",
     start: info.starts.join(", "),
+    clip_x0: "on or off",
     guide: `none or weak; weak for ${info.weak_guides.join(" and ")}`,
     guidance_scale: "0 or more; the recipe uses 5",
     guidance_interval: `0–${T}; both empty: every step`,
@@ -254,6 +259,7 @@ function readGenerateForm() {
     steps: $("steps").disabled ? null : readNumber($("steps"), "Steps"),
     eta: $("eta").disabled ? 0 : readNumber($("eta"), "η"),
     start: $("start").value,
+    clip_x0: $("clip-x0").checked,
     guide: $("guide").value || null,
   };
   if (currentKind() === "time") {
@@ -414,7 +420,7 @@ function fileStem(s) {
     what += `_g${s.guidance_scale}${s.guide ? `_${s.guide}` : ""}`;
     if (s.guidance_interval) what += `_gi${s.guidance_interval.join("-")}`;
   }
-  const start = s.start === "mean" ? "_mean" : "";
+  const start = `${s.start === "mean" ? "_mean" : ""}${s.clip_x0 ? "_clip" : ""}`;
   return `${what}_${s.sampler}${s.steps}${s.eta ? `_eta${s.eta}` : ""}${start}_seed${s.seed}`;
 }
 
