@@ -281,7 +281,7 @@ def test_sample_says_which_settings_it_used(capsys, class_ckpt, tmp_path):
     said_precision, line = capsys.readouterr().out.splitlines()[:2]
     assert said_precision.startswith("precision: ")
     assert line.startswith(
-        "sampling: dpmpp 4 steps, γ = 2.5 for 1 < t <= 8, from the mean digit, seed 3, "
+        "sampling: dpmpp 4 steps, γ = 2.5 for 1 < t <= 8, from the mean digit, x̂0 clipped, seed 3, "
     )
     assert line.endswith(("bf16", "fp32"))
 

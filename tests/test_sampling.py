@@ -172,8 +172,9 @@ def test_presets_resolve_to_their_settings_and_explicit_values_win(tiny_class_mo
     assert SamplingConfig.from_preset("recipe", "class") == SamplingConfig()
     assert SamplingConfig().sampler == "ddpm" and SamplingConfig().guidance_scale == 5.0
     documented = SamplingConfig(  # README "Sample quality": the best legible at <= 40 NFE
-        sampler="dpmpp", steps=20, guidance_scale=2.5, guidance_interval=(30, 240), start="mean"
-    )
+        sampler="dpmpp", steps=20, guidance_scale=2.5, guidance_interval=(30, 240), start="mean",
+        clip_x0=True,
+    )  # fmt: skip
     assert PRESETS["class"]["fast"] == documented
     assert PRESETS["class"]["best"] == documented.replace(steps=50)
     # the time model, which has no classes: the SDE autoguided by its weak twin (README)
@@ -184,6 +185,7 @@ def test_presets_resolve_to_their_settings_and_explicit_values_win(tiny_class_mo
     assert SamplingConfig.from_preset("recipe", "time") == SamplingConfig()
     assert SamplingConfig.from_preset("fast", "time", eta=0.5).eta == 0.5
     assert SamplingConfig.from_preset("fast", "class", start="noise").start == "noise"
+    assert not SamplingConfig.from_preset("fast", "class", clip_x0=False).clip_x0
     fast = SamplingConfig.from_preset("fast", "class", seed=3)
     assert (fast.sampler, fast.seed) == (PRESETS["class"]["fast"].sampler, 3)
     assert SamplingConfig.from_preset("fast", "class", guidance_scale=2.0).guidance_scale == 2.0

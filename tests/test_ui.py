@@ -364,7 +364,7 @@ def test_downloads_come_at_the_chosen_scale_named_by_their_settings(page):
     pick_digits(page, 5)
     use_seed(page, 42)
     generate(page)
-    stem = "class_d5_g2.5_gi30-240_dpmpp20_mean_seed42"
+    stem = "class_d5_g2.5_gi30-240_dpmpp20_mean_clip_seed42"
     for scale, side in (("4", 4 * 28), ("1", 28), ("2", 2 * 28)):  # one digit: no frame
         page.select_option("#download-scale", scale)
         for link, kind in (("#download-png", "png"), ("#download-gif", "gif")):
