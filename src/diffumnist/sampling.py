@@ -255,7 +255,7 @@ def make_eps_fn(
     ε alone (Kynkäänniemi et al. 2024): one network evaluation instead of two there.
     With `clip_x0` the (guided) ε is turned into x̂0, clamped to the pixel range [0, 1] and
     turned back, so every sampler steps from the clamped estimate (Ho et al. 2020's
-    clip_denoised; diffusers recomputes ε the same way when it clips for DDIM). Guidance
+    clip_denoised; diffusers' DDIM with clip_sample and use_clipped_model_output). Guidance
     extrapolates, and its x̂0 overshoots the range the data lives in.
     """
     if not math.isfinite(guidance_scale):
