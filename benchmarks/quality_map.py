@@ -31,7 +31,7 @@ import torch
 
 import diffumnist
 from diffumnist.evaluate import generate, score_samples
-from diffumnist.sampling import SamplingConfig, network_evaluations
+from diffumnist.sampling import SamplingConfig, StepInfo, network_evaluations
 
 ODE_SDE = (0.0, 0.5, 1.0)  # η: deterministic, half, fully stochastic
 DPMPP_20 = {"sampler": "dpmpp", "steps": 20}
@@ -39,6 +39,9 @@ INTERVAL = {"guidance_interval": (30, 180)}
 MEAN = {"start": "mean"}
 WEAK = {"guide": "weak"}  # autoguidance by the shipped weak twin (time_weak.safetensors)
 CLIP = {"clip_x0": True}  # each step's x̂0 clamped to [0, 1]
+SDE_MEAN = {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.0, **MEAN}  # unguided, the closest
+# Rejection sampling: digits the shipped filter reads below this probability are redrawn.
+REDRAW = {"reject_below": 0.97}
 # The class model's legible setting: γ = 2.5 for 30 < t <= 240 from the mean digit (the
 # class `fast` preset, which also clips x̂0).
 LEGIBLE = {**DPMPP_20, "eta": 0.0, "guidance_scale": 2.5, "guidance_interval": (30, 240), **MEAN}
@@ -73,6 +76,11 @@ CLASS_SETTINGS = [
         for g in (2.5, 3.0)
     ),
     {**LEGIBLE, "steps": 50, **CLIP},
+    # rejection sampling instead of guidance: legible digits without their variety lost
+    *({**SDE_MEAN, "reject_below": p} for p in (0.9, 0.97, 0.99)),
+    {**SDE_MEAN, "steps": 40, **REDRAW},
+    {**SDE_MEAN, "guidance_scale": 1.5, "guidance_interval": (30, 240), **REDRAW},
+    {**LEGIBLE, **CLIP, **REDRAW},
 ]
 TIME_SETTINGS = [
     *({**DPMPP_20, "eta": eta} for eta in ODE_SDE),
@@ -88,6 +96,12 @@ TIME_SETTINGS = [
     # x̂0 clipped to [0, 1], unguided and with the twin
     {**DPMPP_20, "eta": 1.0, **MEAN, **CLIP},
     {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK, **CLIP},
+    # rejection sampling: digits the filter reads as no digit in particular are redrawn
+    *(
+        {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK, "reject_below": p}
+        for p in (0.9, 0.97, 0.99)
+    ),
+    {**DPMPP_20, "eta": 1.0, **MEAN, **REDRAW},
 ]
 # A few settings that tell weights apart (raw against EMA, one run against another).
 HEADLINE = {
@@ -96,6 +110,7 @@ HEADLINE = {
         {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.0, **MEAN},
         {**DPMPP_20, "eta": 0.0, "guidance_scale": 5.0, **INTERVAL},
         {**LEGIBLE, **CLIP},
+        {**SDE_MEAN, **REDRAW},
     ],
     "time": [
         {**DPMPP_20, "eta": 1.0, **MEAN},
@@ -103,6 +118,7 @@ HEADLINE = {
         {**DPMPP_20, "eta": 0.0, "guidance_scale": 1.5, **MEAN, **WEAK},
         {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK},
         {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK, **CLIP},
+        {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK, "reject_below": 0.99},
     ],
 }
 
@@ -122,14 +138,23 @@ def key(setting: dict) -> str:
 
 
 def measure(model, setting: dict, n: int, seed: int) -> dict:
+    """One row; with reject_below, NFE per image counts every draw, redraws included."""
     config = SamplingConfig(seed=seed, precision="bf16", **setting)
+    drawn = 0
+
+    def count_draws(info: StepInfo) -> None:
+        nonlocal drawn
+        drawn += info.x_t.shape[0] if info.step == 0 else 0
+
     started = time.perf_counter()
-    images, labels = generate(model, n, config, progress=False)
+    images, labels = generate(model, n, config, progress=False, callback=count_draws)
     seconds = time.perf_counter() - started
     scores = score_samples(images, labels)
+    nfe = network_evaluations(config, 300, model.kind.conditional)
     row = {
         "setting": setting, "n": n, "seed": seed, "seconds": round(seconds, 1),
-        "nfe_per_image": network_evaluations(config, 300, model.kind.conditional),
+        "nfe_per_image": round(nfe * drawn / n, 1) if drawn != n else nfe,
+        "draws_per_image": drawn / n,
         "mnist_fid": scores["mnist_fid"], "mnist_fid_floor": scores["mnist_fid_floor"],
         "precision": scores["precision"], "recall": scores["recall"],
         "device": str(model.device) if model.device.type == "cuda" else cpu_name(),
@@ -143,9 +168,10 @@ def measure(model, setting: dict, n: int, seed: int) -> dict:
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line]
     lines = [
-        "| sampler | steps | η | γ | interval | guide | start | x̂0 | NFE | MNIST-FID (floor) "
-        "| precision | recall | guided acc. |",
-        "| --- | ---: | ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| sampler | steps | η | γ | interval | guide | start | x̂0 | redraw below | NFE "
+        "| MNIST-FID (floor) | precision | recall | guided acc. |",
+        "| --- | ---: | ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for row in rows:
         s = row["setting"]
@@ -158,6 +184,7 @@ def table(path: Path) -> str:
             f"| {s.get('guidance_scale', '—')} | {interval} "
             f"| {s.get('guide', 'CFG' if 'guided_accuracy' in row else '—')} "
             f"| {s.get('start', 'noise')} | {'clipped' if s.get('clip_x0') else '—'} "
+            f"| {s.get('reject_below', '—')} "
             f"| {row['nfe_per_image']} "
             f"| {row['mnist_fid']:.2f} ({row['mnist_fid_floor']:.2f}) | {row['precision']:.3f} "
             f"| {row['recall']:.3f} | {accuracy} |"

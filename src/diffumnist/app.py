@@ -224,7 +224,8 @@ class DemoApp:
         return {k: data_url(png_bytes(x, 1)) for k, x in images.items()} | {"label": label}
 
     def _generate(self, request: GenerateRequest, job: Job) -> dict[str, Any]:
-        """Sample, streaming x_t and x̂0 after every step; keep the images for downloads."""
+        """Sample, streaming x_t and x̂0 after every step of the first draw; keep the images
+        for downloads."""
         started = time.perf_counter()
         model = self.models[request.model]
         conditional = model.kind.conditional
@@ -234,6 +235,8 @@ class DemoApp:
         def on_step(info: StepInfo) -> None:
             if job.cancelled.is_set():
                 raise Cancelled
+            if info.draw:  # redraws of rejected digits: the live view shows the first draw
+                return
             x_t, x0 = (data_url(png_bytes(x, nrow)) for x in (info.x_t, info.x0_pred))
             job.emit("frame", {"step": info.step + 1, "t": info.t, "x_t": x_t, "x0": x0})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,8 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         rng_state=tensors.get("rng_state"),
         meta=header.get("meta", {}),
     )
+
+
+def shipped_weights(name: str) -> Path:
+    """The file `weights/<name>.safetensors` inside the installed package."""
+    return Path(str(resources.files("diffumnist") / "weights" / f"{name}.safetensors"))

@@ -1,13 +1,20 @@
-"""The judge: a small MNIST classifier whose features and verdicts score generated digits.
+"""Two MNIST classifiers shipped in the package: the judge, which scores generated digits,
+and the filter, which lets sampling redraw digits it cannot read.
 
-Inception-based FID needs downloaded weights and reads grey 28x28 digits poorly, so the
-project trains its own reference network (`diffumnist train classifier`) and ships its
-weights in the package. Its 128-dimensional penultimate layer is the feature space of
-MNIST-FID and of precision/recall; its argmax is the verdict for guided accuracy.
+The judge: Inception-based FID needs downloaded weights and reads grey 28x28 digits poorly,
+so the project trains its own reference network (`diffumnist train classifier`). Its
+128-dimensional penultimate layer is the feature space of MNIST-FID and of precision/recall;
+its argmax is the verdict for guided accuracy.
+
+The filter (`diffumnist train filter`, `SamplingConfig.reject_below`): a second reader of
+another architecture (5x5 convolutions, no BatchNorm, a wider head) and another seed, so
+that sampling never consults the network that scores it. Both are trained by one loop on
+the training split and tested on the test split.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -16,10 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from diffumnist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from diffumnist.config import ConfigError
-from diffumnist.data import iterate_batches, load_split, to_unit
-from diffumnist.pretrained import shipped_weights
+from diffumnist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, shipped_weights
+from diffumnist.config import ConfigError, check_choice
+from diffumnist.data import iterate_batches, load_split, to_uint8, to_unit
 
 FEATURE_DIM = 128
 
@@ -51,6 +57,37 @@ class MNISTClassifier(nn.Module):
         return self.head(self.dropout(features)), features
 
 
+class FilterClassifier(nn.Module):
+    """Two 5x5 and two 3x3 convs without BN (28 -> 14 -> 7), then 3136 -> 256 -> 10: a reader
+    built unlike the judge, so the two err on different digits where they can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def conv(in_ch: int, out_ch: int, size: int) -> list[nn.Module]:
+            return [nn.Conv2d(in_ch, out_ch, size, padding=size // 2), nn.ReLU()]
+
+        self.body = nn.Sequential(
+            *conv(1, 32, 5), *conv(32, 32, 5), nn.MaxPool2d(2),  # (N, 32, 14, 14)
+            *conv(32, 64, 3), *conv(64, 64, 3), nn.MaxPool2d(2),  # (N, 64, 7, 7)
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 256), nn.ReLU(),
+        )  # fmt: skip
+        self.dropout = nn.Dropout(0.5)
+        self.head = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, 1, 28, 28) in [0, 1] -> (logits (N, 10), features (N, 256))."""
+        features = self.body(x)
+        return self.head(self.dropout(features)), features
+
+
+# Each role's network (its checkpoint's metadata carries the role's name), and the epochs and
+# seed its shipped weights were trained with.
+ROLES: dict[str, type[nn.Module]] = {"judge": MNISTClassifier, "filter": FilterClassifier}
+TRAINING: dict[str, tuple[int, int]] = {"judge": (6, 0), "filter": (4, 1)}
+
+
 def _random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     """Translate each image by up to `max_shift` pixels: cheap augmentation for the judge."""
     padded = F.pad(x, [max_shift] * 4)
@@ -62,13 +99,19 @@ def _random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 
 
 
 def train_classifier(
-    out_path: Path, data_dir: Path | str | None = None, epochs: int = 6, seed: int = 0
+    out_path: Path,
+    data_dir: Path | str | None = None,
+    epochs: int = 6,
+    seed: int = 0,
+    role: str = "judge",
 ) -> float:
-    """Train the judge on the training split; write its weights; return test accuracy."""
+    """Train the judge (or the filter) on the training split; write its weights in fp16;
+    return the test accuracy of the weights as written."""
+    check_choice("classifier role", role, tuple(ROLES))
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images, labels = load_split("train", data_dir)
-    net = MNISTClassifier()
+    net = ROLES[role]()
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     steps_per_epoch = math.ceil(len(images) / 128)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -88,14 +131,14 @@ def train_classifier(
     weights = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     accuracy = accuracy_on_test_split(net, data_dir)
-    meta = {"judge": True, "test_accuracy": accuracy, "seed": seed}
+    meta = {role: True, "test_accuracy": accuracy, "seed": seed, "epochs": epochs}
     save_checkpoint(out_path, Checkpoint(None, weights, meta=meta))
     return accuracy
 
 
 @torch.inference_mode()
 def classify(
-    net: MNISTClassifier, images: torch.Tensor, batch_size: int = 1000
+    net: nn.Module, images: torch.Tensor, batch_size: int = 1000
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, 28, 28) -> (predicted digits (N,), features float64 (N, 128))."""
     net.eval()
@@ -107,21 +150,43 @@ def classify(
     return torch.cat(predictions), torch.cat(features)
 
 
-def accuracy_on_test_split(net: MNISTClassifier, data_dir: Path | str | None = None) -> float:
+def accuracy_on_test_split(net: nn.Module, data_dir: Path | str | None = None) -> float:
     images, labels = load_split("test", data_dir)
     predictions, _ = classify(net, images)
     return (predictions == labels).double().mean().item()
 
 
-def load_classifier(path: Path | str | None = None) -> tuple[MNISTClassifier, dict]:
-    """The shipped judge (or one at `path`) and its metadata (test accuracy, seed)."""
+# The shipped weights file of each role.
+SHIPPED = {"judge": "classifier", "filter": "filter"}
+
+
+def load_classifier(path: Path | str | None = None, role: str = "judge") -> tuple[nn.Module, dict]:
+    """The shipped judge or filter (or the one at `path`) and its metadata (test accuracy,
+    seed)."""
+    check_choice("classifier role", role, tuple(ROLES))
     if path is None:
-        path = shipped_weights("classifier")
+        path = shipped_weights(SHIPPED[role])
     ckpt = load_checkpoint(path)
-    if not ckpt.meta.get("judge"):
-        raise ConfigError(f"{path} is not a classifier checkpoint")
-    net = MNISTClassifier()
+    if not ckpt.meta.get(role):
+        raise ConfigError(f"{path} is not a {role} checkpoint")
+    net = ROLES[role]()
     net.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in ckpt.weights.items()}
     )
     return net.eval(), ckpt.meta
+
+
+@functools.cache
+def _shipped_filter() -> nn.Module:
+    return load_classifier(role="filter")[0]
+
+
+@torch.inference_mode()
+def filter_confidence(images: torch.Tensor, digits: torch.Tensor | None) -> torch.Tensor:
+    """The shipped filter's probability that each image (N, 1, 28, 28) in [0, 1] shows its
+    digit (N,), or with `digits` None its likeliest digit; read, as the judge reads, from
+    the image rounded to 8 bits, in fp32 on the CPU."""
+    probabilities = _shipped_filter()(to_unit(to_uint8(images.cpu())))[0].softmax(1)
+    if digits is None:
+        return probabilities.max(1).values
+    return probabilities.gather(1, digits.view(-1, 1)).flatten()

@@ -50,6 +50,9 @@ from diffumnist.train import (
 )
 from diffumnist.viz import IMAGE_FORMATS
 
+# `train NAME` for the two classifiers: the role each trains (classifier.ROLES).
+CLASSIFIER_ROLES = {"classifier": "judge", "filter": "filter"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="diffumnist", description=__doc__, formatter_class=HelpFormatter)
@@ -62,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     train = add("train", "train a model with the recipe's defaults")
-    train.add_argument("kind", choices=(*KIND_NAMES, "classifier"), help="which model to train")
+    train.add_argument("kind", choices=(*KIND_NAMES, *CLASSIFIER_ROLES),
+                       help="which model to train (classifier: the judge; filter: the reader "
+                       "of reject_below)")  # fmt: skip
     train.add_argument("--out", type=Path, help="run folder (default runs/KIND)")
     train.add_argument(
         "--resume",
@@ -222,7 +227,7 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.kind == "classifier":  # the judge, not a diffusion model
+    if args.kind in CLASSIFIER_ROLES:  # the judge or the filter, not a diffusion model
         return _train_classifier(args)
     config, run_dir = _train_config(args)
 
@@ -243,16 +248,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
-    """`train classifier`: the judge; --out names the weights file, --epochs and --seed apply."""
-    from diffumnist.classifier import train_classifier
+    """`train classifier` (the judge) and `train filter`: --out names the weights file,
+    --epochs and --seed apply (defaults: those the shipped files were trained with)."""
+    from diffumnist.classifier import TRAINING, train_classifier
 
     extra = set(vars(args)) & TRAIN_FIELDS - {"kind", "epochs", "seed"}
     if extra or args.resume or args.nproc > 1:
-        raise ConfigError("train classifier takes only --out, --epochs, --seed and --data-dir")
-    out = args.out or Path("runs") / "classifier.safetensors"
+        raise ConfigError(f"train {args.kind} takes only --out, --epochs, --seed and --data-dir")
+    role = CLASSIFIER_ROLES[args.kind]
+    epochs, seed = TRAINING[role]
+    out = args.out or Path("runs") / f"{args.kind}.safetensors"
     _check_writable([out])
     accuracy = train_classifier(
-        out, args.data_dir, getattr(args, "epochs", 6), getattr(args, "seed", 0)
+        out, args.data_dir, getattr(args, "epochs", epochs), getattr(args, "seed", seed), role
     )
     print(f"test accuracy {accuracy:.4f}; weights: {out}")
     return 0

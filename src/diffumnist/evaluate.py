@@ -24,7 +24,7 @@ from diffumnist.distributed import SINGLE_PROCESS, World
 from diffumnist.kinds.base import PREVIEW_SEED
 from diffumnist.metrics import class_balance, fid_from_features, guided_accuracy, precision_recall
 from diffumnist.models import MAX_SAMPLES_PER_CALL, Denoiser, DiffusionModel
-from diffumnist.sampling import PRESETS, SEED_RANGE, SamplingConfig
+from diffumnist.sampling import PRESETS, SEED_RANGE, SamplingConfig, StepCallback
 
 # The noise levels the single-step denoiser is measured (and pictured) at; it trained at 0.5.
 ROBUSTNESS_SIGMAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
@@ -46,8 +46,11 @@ def generate(
     batch_size: int = 500,
     progress: bool = True,
     world: World = SINGLE_PROCESS,
+    callback: StepCallback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n samples as (uint8 images (n, 28, 28), labels (n,)); class model: digits i % 10.
+
+    `callback` sees every step of every draw of this rank's batches (e.g. to count redraws).
 
     With several ranks each generates a contiguous share of the batches and every rank
     receives the whole set; batch i is seeded with batch_seed(config.seed, i) wherever it
@@ -68,7 +71,7 @@ def generate(
         batch = labels[starts[index] : starts[index] + batch_size]
         batch_config = config.replace(seed=batch_seed(config.seed, index))
         c, count = (batch, None) if model.kind.conditional else (None, len(batch))
-        samples, _ = model.generate(c, batch_config, n=count, frame_every=10**9)
+        samples, _ = model.generate(c, batch_config, n=count, frame_every=10**9, callback=callback)
         images.append(to_uint8(samples))
     shares = world.all_gather(images)
     return torch.cat([batch for share in shares for batch in share]), labels

@@ -121,12 +121,19 @@ def guide_value(text: str) -> str | None:
     return None if text == "none" else text
 
 
+def probability_or_none(text: str) -> float | None:
+    """'none' -> None (keep every draw: drops a preset's threshold), else a finite number
+    (SamplingConfig checks its range)."""
+    return None if text == "none" else finite_float(text)
+
+
 _SAMPLING_TYPES = {
     "steps": positive_int,
     "eta": finite_float,
     "guidance_scale": finite_float,
     "guidance_interval": timestep_interval,
     "guide": guide_value,
+    "reject_below": probability_or_none,
     "seed": seed_int,
 }
 
@@ -180,6 +187,8 @@ def add_sampling_flags(parser: argparse.ArgumentParser, seed: int | None = None)
             kwargs["metavar"] = "LO,HI"
         if field.name == "guide":
             kwargs["metavar"] = "none|weak|CKPT"
+        if field.name == "reject_below":
+            kwargs["metavar"] = "none|P"
         group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
 
 

@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffumnist.batchnorm import remeasure_running_statistics
-from diffumnist.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from diffumnist.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    shipped_weights,
+)
+from diffumnist.classifier import filter_confidence
 from diffumnist.config import ConfigError, ModelConfig, TrainConfig, is_integer, recipe
 from diffumnist.data import load_split, shipped_mean_images, to_uint8, to_unit
 from diffumnist.diffusion import GaussianDiffusion
@@ -33,6 +40,7 @@ from diffumnist.inference import inference_net
 from diffumnist.kinds import build_net, get_kind
 from diffumnist.runtime import autocast, resolve_precision
 from diffumnist.sampling import (
+    MAX_DRAWS,
     SamplingConfig,
     StepCallback,
     StepInfo,
@@ -203,40 +211,72 @@ class DiffusionModel(nn.Module):
                 f"samples or a larger frame_every (at most {MAX_FRAME_BYTES / 2**30:.0f} GiB)"
             )
 
+        if config.reject_below is not None and (width, height) != (28, 28):
+            raise ConfigError(
+                f"reject_below reads 28x28 digits only (the filter's size); got img_wh {img_wh}"
+            )
+
         net = inference_net(self.net)  # BatchNorm folded, channels_last: same function, faster
         generator = torch.Generator().manual_seed(config.seed)
-        x_T = torch.randn((count, 1, height, width), generator=generator).to(self.device)
         if onehot is not None:
             onehot = onehot.to(self.device)
-        if config.start == "mean":
-            x_T = self.diffusion.q_sample(
-                _mean_images(onehot, count, (height, width)).to(self.device),
-                self.diffusion.num_timesteps, x_T,
-            )  # fmt: skip
         guide_net = None
         if config.guide is not None:
             guide = guide_model(config.guide, self.config)
             guide_net = inference_net(guide.net).to(self.device)
-        eps_fn = make_eps_fn(net, self.diffusion, onehot, float(config.guidance_scale),
-                             config.guidance_interval, guide_net, config.clip_x0)  # fmt: skip
-        frames = [to_uint8(x_T)]
 
-        def record(info: StepInfo) -> None:
-            if (info.step + 1) % frame_every == 0 or info.step + 1 == info.num_steps:
-                frames.append(to_uint8(info.x_prev))
-            if callback is not None:
-                callback(info)
+        def draw(
+            onehot: torch.Tensor | None, count: int, index: int
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            """`count` digits from fresh noise of the one generator: x0 on the CPU, frames."""
+            x_T = torch.randn((count, 1, height, width), generator=generator).to(self.device)
+            if config.start == "mean":
+                x_T = self.diffusion.q_sample(
+                    _mean_images(onehot, count, (height, width)).to(self.device),
+                    self.diffusion.num_timesteps, x_T,
+                )  # fmt: skip
+            eps_fn = make_eps_fn(net, self.diffusion, onehot, float(config.guidance_scale),
+                                 config.guidance_interval, guide_net, config.clip_x0)  # fmt: skip
+            frames = [to_uint8(x_T)]
 
-        with autocast(self.device, precision):
-            x0 = get_sampler(config.sampler)(
-                eps_fn, x_T, self.diffusion, generator, record, steps=num_steps, eta=config.eta
-            )
-        if not bool(torch.isfinite(x0).all()):
-            raise ConfigError(
-                f"sampling diverged to non-finite values at guidance_scale="
-                f"{config.guidance_scale!r}; use a smaller guidance scale (the recipe's is 5)"
-            )
-        return x0.float().clamp(0, 1).cpu(), torch.stack(frames)
+            def record(info: StepInfo) -> None:
+                if (info.step + 1) % frame_every == 0 or info.step + 1 == info.num_steps:
+                    frames.append(to_uint8(info.x_prev))
+                if callback is not None:
+                    callback(dataclasses.replace(info, draw=index) if index else info)
+
+            with autocast(self.device, precision):
+                x0 = get_sampler(config.sampler)(
+                    eps_fn, x_T, self.diffusion, generator, record, steps=num_steps,
+                    eta=config.eta,
+                )  # fmt: skip
+            if not bool(torch.isfinite(x0).all()):
+                raise ConfigError(
+                    f"sampling diverged to non-finite values at guidance_scale="
+                    f"{config.guidance_scale!r}; use a smaller guidance scale (the recipe's is 5)"
+                )
+            return x0.float().clamp(0, 1).cpu(), torch.stack(frames)
+
+        samples, animation = draw(onehot, count, 0)
+        if config.reject_below is None:
+            return samples, animation
+        # Rejection sampling: redraw every digit the filter reads below the threshold, from
+        # the same generator, keeping each digit's most legible draw so far.
+        digits = None if onehot is None else onehot.argmax(1).cpu()
+        legibility = filter_confidence(samples, digits)
+        for index in range(1, MAX_DRAWS):
+            redo = (legibility < config.reject_below).nonzero().flatten()
+            if len(redo) == 0:
+                break
+            part = None if onehot is None else onehot[redo.to(self.device)]
+            redrawn, redrawn_frames = draw(part, len(redo), index)
+            wanted = None if digits is None else digits[redo]
+            redrawn_legibility = filter_confidence(redrawn, wanted)
+            better = redrawn_legibility > legibility[redo]
+            samples[redo[better]] = redrawn[better]
+            animation[:, redo[better]] = redrawn_frames[:, better]
+            legibility[redo[better]] = redrawn_legibility[better]
+        return samples, animation
 
 
 class Denoiser(nn.Module):
@@ -348,8 +388,6 @@ def guide_model(guide: str, config: ModelConfig) -> DiffusionModel:
     width may differ (Karras et al. guide with smaller, shorter-trained networks).
     """
     if guide == WEAK_GUIDE:
-        from diffumnist.pretrained import shipped_weights  # pretrained builds on this module
-
         path = shipped_weights(f"{config.kind}_weak")
         if not path.exists():
             raise ConfigError(f"no weak twin ships for the {config.kind} model; give a checkpoint")

@@ -10,9 +10,9 @@ how it measures.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
+from diffumnist.checkpoint import shipped_weights
 from diffumnist.config import check_choice
 from diffumnist.kinds import KIND_NAMES, KINDS
 from diffumnist.models import Denoiser, DiffusionModel, load
@@ -26,11 +26,6 @@ SAMPLING_MODELS: dict[str, str] = {
     **{name: name for name, kind in KINDS.items() if kind.samples},
     **BEYOND_RECIPE,
 }
-
-
-def shipped_weights(name: str) -> Path:
-    """The file `weights/<name>.safetensors` inside the installed package."""
-    return Path(str(resources.files("diffumnist") / "weights" / f"{name}.safetensors"))
 
 
 def pretrained_path(name: str) -> Path:

@@ -53,6 +53,8 @@ SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
 StartName = Literal["noise", "mean"]
 # Steps used when a fast sampler gets steps=None (capped at T); ddpm always runs T.
 DEFAULT_STEPS: dict[str, int] = {"ddim": 50, "dpmpp": 20}
+# Draws per digit at most with `reject_below` (the first and up to MAX_DRAWS - 1 redraws).
+MAX_DRAWS = 10
 # Seeds everywhere (library, CLI, UI): evaluation derives per-batch seeds from them, and
 # seed * 1_000_003 + batch stays far inside torch.Generator's 64-bit range.
 SEED_RANGE = range(2**32)
@@ -106,6 +108,13 @@ class SamplingConfig:
         "the step uses it (Ho et al.'s clip_denoised, diffusers' clip_sample); the recipe "
         "does not clip",
     )
+    reject_below: float | None = _setting(
+        None,
+        "redraw each digit the shipped filter classifier (not the judge) reads as its "
+        "requested digit (time model: as its likeliest digit) with probability below this, "
+        f"up to {MAX_DRAWS} draws, keeping the most legible; 28x28 only; default: keep every "
+        "draw",
+    )
     seed: int = _setting(0, f"seed of the initial noise, 0..{SEED_RANGE.stop - 1}")
     precision: Precision = _setting(
         "auto", "auto = bf16 autocast where the hardware runs it natively, else fp32"
@@ -119,6 +128,13 @@ class SamplingConfig:
             raise ConfigError(f"steps must be a positive integer; got {self.steps!r}")
         if not is_number(self.eta) or not 0 <= self.eta <= 1:
             raise ConfigError(f"eta must be a number in [0, 1]; got {self.eta!r}")
+        if self.reject_below is not None and not (
+            is_number(self.reject_below) and 0 < self.reject_below < 1
+        ):
+            raise ConfigError(
+                f"reject_below must be a probability strictly between 0 and 1; "
+                f"got {self.reject_below!r}"
+            )
         if not isinstance(self.clip_x0, bool):
             raise ConfigError(f"clip_x0 must be true or false; got {self.clip_x0!r}")
         if self.eta != 0 and self.sampler == "ddpm":
@@ -193,6 +209,7 @@ class SamplingConfig:
         parts += [f"η = {self.eta:g}"] if self.eta else []
         parts += ["from the mean digit"] if self.start == "mean" else []
         parts += ["x̂0 clipped"] if self.clip_x0 else []
+        parts += [f"redrawn below p = {self.reject_below:g}"] if self.reject_below else []
         parts += [f"seed {self.seed}"] if with_seed else []
         parts += [self.precision] if self.precision != "auto" else []
         return ", ".join(parts)
@@ -229,6 +246,7 @@ class StepInfo:
     x_t: torch.Tensor  # the input of this step
     x0_pred: torch.Tensor  # x̂0 predicted from x_t
     x_prev: torch.Tensor  # the output: x at the next (smaller) timestep
+    draw: int = 0  # 0 for the first draw, k for the k-th redraw of rejected digits
 
 
 StepCallback = Callable[[StepInfo], None]

@@ -30,7 +30,7 @@ TRAINED_SIGMA = recipe("denoiser").sigma  # the noise level the shipped denoiser
 # Sampling settings the page may send; precision stays SamplingConfig's default (auto).
 PAGE_SETTINGS = (
     "sampler", "steps", "eta", "start", "clip_x0", "guide", "guidance_scale",
-    "guidance_interval", "seed",
+    "guidance_interval", "reject_below", "seed",
 )  # fmt: skip
 # Kinds whose weak twin ships, so the page may offer guide="weak" (never a path: the page
 # must not name files on the server).

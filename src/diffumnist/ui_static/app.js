@@ -79,6 +79,7 @@ let clickedAt = 0;
 
 const SAMPLING_INPUTS = [
   "sampler", "steps", "eta", "start", "clip-x0", "guide", "guidance", "gi-low", "gi-high",
+  "reject-below",
 ];
 let activePreset = null; // the preset whose settings the form holds, or null once edited
 
@@ -164,6 +165,7 @@ function applyPreset(name) {
   $("eta").value = preset.eta;
   $("start").value = preset.start;
   $("clip-x0").checked = preset.clip_x0;
+  $("reject-below").value = preset.reject_below ?? "";
   $("guide").value = preset.guide ?? "";
   enableGuidance();
   $("guidance").value = preset.guidance_scale;
@@ -195,6 +197,7 @@ function describeSampling(s, guided = true) {
   if (guided || s.guide) parts.push(`γ = ${s.guidance_scale}${interval}${guide}`);
   if (s.start === "mean") parts.push("from the mean digit");
   if (s.clip_x0) parts.push("x̂0 clipped");
+  if (s.reject_below) parts.push(`redrawn below p = ${s.reject_below}`);
   return parts.join(", ");
 }
 
@@ -222,6 +225,7 @@ function writeHelp() {
     guide: `none or weak; weak for ${info.weak_guides.join(" and ")}`,
     guidance_scale: "0 or more; the recipe uses 5",
     guidance_interval: `0–${T}; both empty: every step`,
+    reject_below: "above 0 and below 1; empty: keep every draw. The live view shows the first draw",
     seed: `0–${info.seed_max}`,
   };
   for (const [name, range] of Object.entries(ranges)) {
@@ -261,6 +265,7 @@ function readGenerateForm() {
     start: $("start").value,
     clip_x0: $("clip-x0").checked,
     guide: $("guide").value || null,
+    reject_below: readNumber($("reject-below"), "Redraw below", true),
   };
   if (currentKind() === "time") {
     body.count = readNumber($("count"), "How many images");
@@ -420,7 +425,8 @@ function fileStem(s) {
     what += `_g${s.guidance_scale}${s.guide ? `_${s.guide}` : ""}`;
     if (s.guidance_interval) what += `_gi${s.guidance_interval.join("-")}`;
   }
-  const start = `${s.start === "mean" ? "_mean" : ""}${s.clip_x0 ? "_clip" : ""}`;
+  const start = `${s.start === "mean" ? "_mean" : ""}${s.clip_x0 ? "_clip" : ""}${
+    s.reject_below ? `_redraw${s.reject_below}` : ""}`;
   return `${what}_${s.sampler}${s.steps}${s.eta ? `_eta${s.eta}` : ""}${start}_seed${s.seed}`;
 }
 
