@@ -281,13 +281,14 @@ def test_sample_says_which_settings_it_used(capsys, class_ckpt, tmp_path):
     said_precision, line = capsys.readouterr().out.splitlines()[:2]
     assert said_precision.startswith("precision: ")
     assert line.startswith(
-        "sampling: dpmpp 4 steps, γ = 2.5 for 1 < t <= 8, from the mean digit, x̂0 clipped, seed 3, "
+        "sampling: dpmpp 4 steps, γ = 1 for 1 < t <= 8, η = 1, from the mean digit, "
+        "redrawn below p = 0.97, seed 3, "
     )
     assert line.endswith(("bf16", "fp32"))
 
 
 def test_clip_x0_is_a_flag_both_ways(capsys, class_ckpt, tmp_path):
-    """--clip-x0 turns clipping on, --no-clip-x0 off (over a preset that has it)."""
+    """--clip-x0 turns clipping on, --no-clip-x0 off (over a preset's setting)."""
     argv = ["sample", str(class_ckpt), "--digits", "1", "--out", str(tmp_path / "g.png"),
             "--preset", "fast", "--steps", "4", "--guidance-interval", "1,8"]  # fmt: skip
     said = {}

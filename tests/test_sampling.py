@@ -171,12 +171,10 @@ def test_network_evaluations_count_both_branches_only_inside_the_interval():
 def test_presets_resolve_to_their_settings_and_explicit_values_win(tiny_class_model):
     assert SamplingConfig.from_preset("recipe", "class") == SamplingConfig()
     assert SamplingConfig().sampler == "ddpm" and SamplingConfig().guidance_scale == 5.0
-    documented = SamplingConfig(  # README "Sample quality": the best legible at <= 40 NFE
-        sampler="dpmpp", steps=20, guidance_scale=2.5, guidance_interval=(30, 240), start="mean",
-        clip_x0=True,
-    )  # fmt: skip
-    assert PRESETS["class"]["fast"] == documented
-    assert PRESETS["class"]["best"] == documented.replace(steps=50)
+    documented = SamplingConfig(  # README "Rejection sampling": legible at <= 40 NFE
+        sampler="dpmpp", steps=20, eta=1.0, guidance_scale=1.0, start="mean", reject_below=0.97
+    )
+    assert PRESETS["class"]["fast"] == documented == PRESETS["class"]["best"]
     # the time model, which has no classes: the SDE autoguided by its weak twin (README)
     time_fast = SamplingConfig(
         sampler="dpmpp", steps=20, eta=1.0, guidance_scale=1.5, guide="weak", start="mean"
@@ -185,7 +183,8 @@ def test_presets_resolve_to_their_settings_and_explicit_values_win(tiny_class_mo
     assert SamplingConfig.from_preset("recipe", "time") == SamplingConfig()
     assert SamplingConfig.from_preset("fast", "time", eta=0.5).eta == 0.5
     assert SamplingConfig.from_preset("fast", "class", start="noise").start == "noise"
-    assert not SamplingConfig.from_preset("fast", "class", clip_x0=False).clip_x0
+    assert SamplingConfig.from_preset("fast", "class", clip_x0=True).clip_x0
+    assert SamplingConfig.from_preset("fast", "class", reject_below=None).reject_below is None
     fast = SamplingConfig.from_preset("fast", "class", seed=3)
     assert (fast.sampler, fast.seed) == (PRESETS["class"]["fast"].sampler, 3)
     assert SamplingConfig.from_preset("fast", "class", guidance_scale=2.0).guidance_scale == 2.0

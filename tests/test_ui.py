@@ -278,8 +278,10 @@ def test_ddpm_steps_are_not_editable(page):
     assert page.is_enabled("#eta")
     assert page.input_value("#start") == "noise"  # the recipe starts from pure noise
     assert not page.is_checked("#clip-x0")  # nor does it clip x̂0
+    assert page.input_value("#reject-below") == ""  # nor redraw a digit
     page.click("#preset-fast")
     assert page.is_checked("#clip-x0") == PRESETS["class"]["fast"].clip_x0
+    assert page.input_value("#reject-below") == f"{PRESETS['class']['fast'].reject_below:g}"
     assert page.input_value("#sampler") == "dpmpp" and page.input_value("#steps") == "20"
     assert page.input_value("#start") == PRESETS["class"]["fast"].start
     assert page.is_disabled("#guide")  # no weak twin ships for the class model
@@ -294,9 +296,11 @@ def test_ddpm_steps_are_not_editable(page):
     assert page.is_disabled("#guidance") and "custom" in page.inner_text("#preset-help")
     page.click("#preset-fast")
     page.check("input[name='model'][value='class']")
-    assert page.input_value("#guide") == "" and page.input_value("#guidance") == "2.5"
+    class_fast = PRESETS["class"]["fast"]
+    assert page.input_value("#guide") == ""
+    assert page.input_value("#guidance") == f"{class_fast.guidance_scale:g}"
     for name in ("sampler", "steps", "eta", "start", "clip_x0", "guide", "guidance_scale",
-                 "guidance_interval", "seed"):  # fmt: skip
+                 "guidance_interval", "reject_below", "seed"):  # fmt: skip
         assert "Range:" in page.inner_text(f"#help-{name}")
 
 
@@ -364,7 +368,7 @@ def test_downloads_come_at_the_chosen_scale_named_by_their_settings(page):
     pick_digits(page, 5)
     use_seed(page, 42)
     generate(page)
-    stem = "class_d5_g2.5_gi30-240_dpmpp20_mean_clip_seed42"
+    stem = "class_d5_g1_dpmpp20_eta1_mean_redraw0.97_seed42"
     for scale, side in (("4", 4 * 28), ("1", 28), ("2", 2 * 28)):  # one digit: no frame
         page.select_option("#download-scale", scale)
         for link, kind in (("#download-png", "png"), ("#download-gif", "gif")):
