@@ -117,8 +117,7 @@ HEADLINE = {
         {**DPMPP_20, "eta": 0.0, **MEAN},
         {**DPMPP_20, "eta": 0.0, "guidance_scale": 1.5, **MEAN, **WEAK},
         {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK},
-        {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK, **CLIP},
-        {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK, "reject_below": 0.99},
+        {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK, **REDRAW},
     ],
 }
 

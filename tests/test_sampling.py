@@ -180,6 +180,7 @@ def test_presets_resolve_to_their_settings_and_explicit_values_win(tiny_class_mo
         sampler="dpmpp", steps=20, eta=1.0, guidance_scale=1.5, guide="weak", start="mean"
     )
     assert SamplingConfig.from_preset("fast", "time") == time_fast
+    assert SamplingConfig.from_preset("best", "time") == time_fast.replace(reject_below=0.97)
     assert SamplingConfig.from_preset("recipe", "time") == SamplingConfig()
     assert SamplingConfig.from_preset("fast", "time", eta=0.5).eta == 0.5
     assert SamplingConfig.from_preset("fast", "class", start="noise").start == "noise"

@@ -488,7 +488,8 @@ def get_sampler(name: str) -> Sampler:
 # recipe: the original project's sampler; fast and best: chosen by the quality map in
 # benchmarks/results/ (README). The class model needs no guidance for legible digits: the
 # SDE from the mean digit comes closest to real ones, and the filter redraws the few it
-# cannot read. The time model, which has no classes, is guided by its weak twin.
+# cannot read. The time model, which has no classes, is guided by its weak twin; its `best`
+# also redraws what the filter reads as no digit in particular, which buys precision with FID.
 _LEGIBLE = SamplingConfig(
     sampler="dpmpp", steps=20, eta=1.0, guidance_scale=1.0, start="mean", reject_below=0.97
 )  # MNIST-FID 2.76 at guided accuracy 1.000, 22 NFE with redraws (n = 2,000)
@@ -497,6 +498,12 @@ _TIME_GUIDED = SamplingConfig(
 )  # MNIST-FID 7.04 against 12.34 for the ODE (η = 0) and 19.94 unguided, 40 NFE (n = 2,000)
 PRESETS: dict[str, dict[str, SamplingConfig]] = {
     "class": {"recipe": SamplingConfig(), "fast": _LEGIBLE, "best": _LEGIBLE},
-    "time": {"recipe": SamplingConfig(), "fast": _TIME_GUIDED, "best": _TIME_GUIDED},
+    "time": {
+        "recipe": SamplingConfig(),
+        "fast": _TIME_GUIDED,
+        # time_e34: precision 0.864 against 0.829 unfiltered, MNIST-FID 6.79 against 5.71,
+        # 43.8 NFE with redraws (n = 2,000)
+        "best": _TIME_GUIDED.replace(reject_below=0.97),
+    },
 }
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS["class"])
