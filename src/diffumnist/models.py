@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -258,25 +258,36 @@ class DiffusionModel(nn.Module):
             return x0.float().clamp(0, 1).cpu(), torch.stack(frames)
 
         samples, animation = draw(onehot, count, 0)
-        if config.reject_below is None:
-            return samples, animation
-        # Rejection sampling: redraw every digit the filter reads below the threshold, from
-        # the same generator, keeping each digit's most legible draw so far.
-        digits = None if onehot is None else onehot.argmax(1).cpu()
-        legibility = filter_confidence(samples, digits)
-        for index in range(1, MAX_DRAWS):
-            redo = (legibility < config.reject_below).nonzero().flatten()
-            if len(redo) == 0:
-                break
-            part = None if onehot is None else onehot[redo.to(self.device)]
-            redrawn, redrawn_frames = draw(part, len(redo), index)
-            wanted = None if digits is None else digits[redo]
-            redrawn_legibility = filter_confidence(redrawn, wanted)
-            better = redrawn_legibility > legibility[redo]
-            samples[redo[better]] = redrawn[better]
-            animation[:, redo[better]] = redrawn_frames[:, better]
-            legibility[redo[better]] = redrawn_legibility[better]
+        if config.reject_below is not None:
+            _redraw_illegible(samples, animation, onehot, config.reject_below, draw)
         return samples, animation
+
+
+def _redraw_illegible(
+    samples: torch.Tensor,
+    animation: torch.Tensor,
+    onehot: torch.Tensor | None,
+    threshold: float,
+    draw: Callable[[torch.Tensor | None, int, int], tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """Rejection sampling, in place: redraw every digit the filter reads below `threshold`
+    (as its requested digit, or without `onehot` as any digit), up to MAX_DRAWS draws in
+    all, keeping each digit's most legible draw and its animation. `draw(onehot, count,
+    index)` makes `count` new digits from the caller's generator."""
+    digits = None if onehot is None else onehot.argmax(1).cpu()
+    legibility = filter_confidence(samples, digits)
+    for index in range(1, MAX_DRAWS):
+        redo = (legibility < threshold).nonzero().flatten()
+        if len(redo) == 0:
+            return
+        part = None if onehot is None else onehot[redo.to(onehot.device)]
+        redrawn, redrawn_frames = draw(part, len(redo), index)
+        wanted = None if digits is None else digits[redo]
+        redrawn_legibility = filter_confidence(redrawn, wanted)
+        better = redrawn_legibility > legibility[redo]
+        samples[redo[better]] = redrawn[better]
+        animation[:, redo[better]] = redrawn_frames[:, better]
+        legibility[redo[better]] = redrawn_legibility[better]
 
 
 class Denoiser(nn.Module):
