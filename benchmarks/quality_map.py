@@ -42,8 +42,8 @@ CLIP = {"clip_x0": True}  # each step's x̂0 clamped to [0, 1]
 SDE_MEAN = {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.0, **MEAN}  # unguided, the closest
 # Rejection sampling: digits the shipped filter reads below this probability are redrawn.
 REDRAW = {"reject_below": 0.97}
-# The class model's legible setting: γ = 2.5 for 30 < t <= 240 from the mean digit (the
-# class `fast` preset, which also clips x̂0).
+# The class model's legible guided setting: γ = 2.5 for 30 < t <= 240 from the mean digit
+# (with x̂0 clipped, the class `fast` preset before rejection sampling).
 LEGIBLE = {**DPMPP_20, "eta": 0.0, "guidance_scale": 2.5, "guidance_interval": (30, 240), **MEAN}
 # The class model: ODE against SDE at each γ, and guidance limited to 30 < t <= 180.
 CLASS_SETTINGS = [

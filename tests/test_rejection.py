@@ -93,6 +93,17 @@ def test_only_28x28_digits_can_be_filtered(tiny_class_model):
         tiny_class_model.generate([1], TINY.replace(reject_below=0.9), img_wh=(56, 28))
 
 
+def test_sample_takes_a_threshold_and_none_turns_a_presets_off(tiny_class_model):
+    settings = {"sampler": "dpmpp", "steps": 3, "eta": 1.0, "guidance_scale": 1.0, "seed": 7}
+    a, _ = tiny_class_model.sample([1, 2], reject_below=0.9, **settings)
+    b, _ = tiny_class_model.generate([1, 2], TINY.replace(reject_below=0.9))
+    assert torch.equal(a, b)
+    wide, _ = tiny_class_model.sample([1], (56, 28), preset="fast", reject_below=None, steps=3)
+    assert wide.shape == (1, 1, 28, 56)
+    with pytest.raises(ConfigError, match="reject_below=None keeps every draw"):
+        tiny_class_model.sample([1], (56, 28), preset="fast", steps=3)
+
+
 def test_the_threshold_is_a_flag_that_can_undo_a_preset(capsys, make_checkpoint, tmp_path):
     ckpt = make_checkpoint("class", hidden_dim=8, num_timesteps=10)
     argv = ["sample", str(ckpt), "--digits", "1", "--out", str(tmp_path / "g.png"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -82,10 +83,22 @@ class FilterClassifier(nn.Module):
         return self.head(self.dropout(features)), features
 
 
-# Each role's network (its checkpoint's metadata carries the role's name), and the epochs and
-# seed its shipped weights were trained with.
-ROLES: dict[str, type[nn.Module]] = {"judge": MNISTClassifier, "filter": FilterClassifier}
-TRAINING: dict[str, tuple[int, int]] = {"judge": (6, 0), "filter": (4, 1)}
+@dataclass(frozen=True)
+class Role:
+    """What a classifier role is made of: its network, its shipped weights file (without
+    .safetensors), and the epochs and seed those weights were trained with. Its checkpoint's
+    metadata carries the role's name."""
+
+    network: type[nn.Module]
+    shipped: str
+    epochs: int
+    seed: int
+
+
+ROLES: dict[str, Role] = {
+    "judge": Role(MNISTClassifier, "classifier", epochs=6, seed=0),
+    "filter": Role(FilterClassifier, "filter", epochs=4, seed=1),
+}
 
 
 def _random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
@@ -111,7 +124,7 @@ def train_classifier(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images, labels = load_split("train", data_dir)
-    net = ROLES[role]()
+    net = ROLES[role].network()
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     steps_per_epoch = math.ceil(len(images) / 128)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -140,7 +153,8 @@ def train_classifier(
 def classify(
     net: nn.Module, images: torch.Tensor, batch_size: int = 1000
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (N, 28, 28) -> (predicted digits (N,), features float64 (N, 128))."""
+    """uint8 images (N, 28, 28) -> (predicted digits (N,), features float64 (N, F)); F is
+    128 for the judge, whose features MNIST-FID uses, and 256 for the filter."""
     net.eval()
     predictions, features = [], []
     for start in range(0, len(images), batch_size):
@@ -156,24 +170,24 @@ def accuracy_on_test_split(net: nn.Module, data_dir: Path | str | None = None) -
     return (predictions == labels).double().mean().item()
 
 
-# The shipped weights file of each role.
-SHIPPED = {"judge": "classifier", "filter": "filter"}
-
-
 def load_classifier(path: Path | str | None = None, role: str = "judge") -> tuple[nn.Module, dict]:
     """The shipped judge or filter (or the one at `path`) and its metadata (test accuracy,
     seed)."""
     check_choice("classifier role", role, tuple(ROLES))
     if path is None:
-        path = shipped_weights(SHIPPED[role])
+        path = shipped_weights(ROLES[role].shipped)
     ckpt = load_checkpoint(path)
     if not ckpt.meta.get(role):
         raise ConfigError(f"{path} is not a {role} checkpoint")
-    net = ROLES[role]()
+    net = ROLES[role].network()
     net.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in ckpt.weights.items()}
     )
     return net.eval(), ckpt.meta
+
+
+# Images per filter call: bounds the activations' memory (32 x 28 x 28 floats per image).
+FILTER_BATCH = 1000
 
 
 @functools.cache
@@ -186,7 +200,11 @@ def filter_confidence(images: torch.Tensor, digits: torch.Tensor | None) -> torc
     """The shipped filter's probability that each image (N, 1, 28, 28) in [0, 1] shows its
     digit (N,), or with `digits` None its likeliest digit; read, as the judge reads, from
     the image rounded to 8 bits, in fp32 on the CPU."""
-    probabilities = _shipped_filter()(to_unit(to_uint8(images.cpu())))[0].softmax(1)
+    pixels = to_unit(to_uint8(images.cpu()))
+    probabilities = torch.cat([
+        _shipped_filter()(pixels[start : start + FILTER_BATCH])[0].softmax(1)
+        for start in range(0, len(pixels), FILTER_BATCH)
+    ])  # fmt: skip
     if digits is None:
         return probabilities.max(1).values
     return probabilities.gather(1, digits.view(-1, 1)).flatten()

@@ -250,13 +250,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_classifier(args: argparse.Namespace) -> int:
     """`train classifier` (the judge) and `train filter`: --out names the weights file,
     --epochs and --seed apply (defaults: those the shipped files were trained with)."""
-    from diffumnist.classifier import TRAINING, train_classifier
+    from diffumnist.classifier import ROLES, train_classifier
 
     extra = set(vars(args)) & TRAIN_FIELDS - {"kind", "epochs", "seed"}
     if extra or args.resume or args.nproc > 1:
         raise ConfigError(f"train {args.kind} takes only --out, --epochs, --seed and --data-dir")
     role = CLASSIFIER_ROLES[args.kind]
-    epochs, seed = TRAINING[role]
+    epochs, seed = ROLES[role].epochs, ROLES[role].seed
     out = args.out or Path("runs") / f"{args.kind}.safetensors"
     _check_writable([out])
     accuracy = train_classifier(

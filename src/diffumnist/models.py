@@ -18,6 +18,7 @@ import functools
 import operator
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import torch
@@ -117,6 +118,7 @@ class DiffusionModel(nn.Module):
         guide: str | None = None,
         start: str | None = None,
         clip_x0: bool | None = None,
+        reject_below: float | EllipsisType | None = ...,
         precision: str | None = None,
         frame_every: int = 1,
         callback: StepCallback | None = None,
@@ -131,7 +133,8 @@ class DiffusionModel(nn.Module):
         path makes γ autoguidance, away from that weaker model (the time model's only
         guidance), instead of classifier-free guidance; start: "noise" (x_T ~ N(0, I))
         or "mean" (x_T from the digit's mean image, see SamplingConfig); clip_x0: clamp each
-        step's x̂0 to [0, 1].
+        step's x̂0 to [0, 1]; reject_below: redraw digits the shipped filter reads below this
+        probability (None keeps every draw; the default `...` keeps the preset's).
         Returns (samples float (N, 1, H, W) clamped to [0, 1] on the CPU,
         animation uint8 (F, N, H, W): x_T, then x_t after every `frame_every`-th step
         and always the final x_0). Same seed, same samples, on the same machine.
@@ -141,9 +144,10 @@ class DiffusionModel(nn.Module):
             "eta": eta, "guidance_interval": guidance_interval, "guide": guide, "start": start,
             "clip_x0": clip_x0, "precision": precision,
         }  # fmt: skip
-        config = SamplingConfig.from_preset(
-            preset, self.config.kind, **{k: v for k, v in given.items() if v is not None}
-        )
+        given = {k: v for k, v in given.items() if v is not None}
+        if reject_below is not ...:  # None is a value here: it turns a preset's threshold off
+            given["reject_below"] = reject_below
+        config = SamplingConfig.from_preset(preset, self.config.kind, **given)
         return self.generate(c, config, n=n, img_wh=img_wh, frame_every=frame_every,
                              callback=callback)  # fmt: skip
 
@@ -213,7 +217,8 @@ class DiffusionModel(nn.Module):
 
         if config.reject_below is not None and (width, height) != (28, 28):
             raise ConfigError(
-                f"reject_below reads 28x28 digits only (the filter's size); got img_wh {img_wh}"
+                f"reject_below reads 28x28 digits only (the filter's size); got img_wh {img_wh} "
+                "(reject_below=None keeps every draw)"
             )
 
         net = inference_net(self.net)  # BatchNorm folded, channels_last: same function, faster

@@ -310,8 +310,9 @@ def make_eps_fn(
 
 
 def network_evaluations(config: SamplingConfig, num_timesteps: int, conditional: bool) -> int:
-    """Network evaluations per image: guidance (classifier-free for a `conditional` model, or
-    by a guide) costs two inside the guidance interval, one outside.
+    """Network evaluations per image and draw: guidance (classifier-free for a `conditional`
+    model, or by a guide) costs two inside the guidance interval, one outside. With
+    `reject_below` each redraw costs as much again (benchmarks/quality_map.py counts them).
 
     γ = 0 and γ = 1 need one branch only, as `make_eps_fn` computes them.
     """

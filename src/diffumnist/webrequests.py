@@ -16,10 +16,11 @@ from typing import Any, get_args
 
 import torch
 
+from diffumnist.checkpoint import shipped_weights
 from diffumnist.config import ConfigError, check_choice, recipe
 from diffumnist.data import add_noise, to_unit
 from diffumnist.models import WEAK_GUIDE
-from diffumnist.pretrained import SAMPLING_MODELS, shipped_weights
+from diffumnist.pretrained import SAMPLING_MODELS
 from diffumnist.sampling import PRESETS, SAMPLER_NAMES, SEED_RANGE, SamplingConfig, StartName
 
 PAGE_PRESET = "fast"  # the page's first settings; "recipe" is one click away
