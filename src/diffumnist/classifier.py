@@ -86,8 +86,8 @@ class FilterClassifier(nn.Module):
 @dataclass(frozen=True)
 class Role:
     """What a classifier role is made of: its network, its shipped weights file (without
-    .safetensors), and the epochs and seed those weights were trained with. Its checkpoint's
-    metadata carries the role's name."""
+    .safetensors; also the name `diffumnist train` knows it by), and the epochs and seed
+    those weights were trained with. Its checkpoint's metadata carries the role's name."""
 
     network: type[nn.Module]
     shipped: str
@@ -114,13 +114,16 @@ def _random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 
 def train_classifier(
     out_path: Path,
     data_dir: Path | str | None = None,
-    epochs: int = 6,
-    seed: int = 0,
+    epochs: int | None = None,
+    seed: int | None = None,
     role: str = "judge",
 ) -> float:
     """Train the judge (or the filter) on the training split; write its weights in fp16;
-    return the test accuracy of the weights as written."""
+    return the test accuracy of the weights as written. `epochs` and `seed` default to
+    those the role's shipped weights were trained with."""
     check_choice("classifier role", role, tuple(ROLES))
+    epochs = ROLES[role].epochs if epochs is None else epochs
+    seed = ROLES[role].seed if seed is None else seed
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images, labels = load_split("train", data_dir)

@@ -18,6 +18,7 @@ from typing import get_args
 
 import torch
 
+from diffumnist.classifier import ROLES, train_classifier
 from diffumnist.config import ConfigError, DeviceName, TrainConfig
 from diffumnist.distributed import check_gpus_for, launched_by_torchrun, process_group
 from diffumnist.files import write_atomic
@@ -50,8 +51,8 @@ from diffumnist.train import (
 )
 from diffumnist.viz import IMAGE_FORMATS
 
-# `train NAME` for the two classifiers: the role each trains (classifier.ROLES).
-CLASSIFIER_ROLES = {"classifier": "judge", "filter": "filter"}
+# `train NAME` for the two classifiers, named as their shipped files: the role each trains.
+CLASSIFIER_ROLES = {role.shipped: name for name, role in ROLES.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,17 +251,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_classifier(args: argparse.Namespace) -> int:
     """`train classifier` (the judge) and `train filter`: --out names the weights file,
     --epochs and --seed apply (defaults: those the shipped files were trained with)."""
-    from diffumnist.classifier import ROLES, train_classifier
-
     extra = set(vars(args)) & TRAIN_FIELDS - {"kind", "epochs", "seed"}
     if extra or args.resume or args.nproc > 1:
         raise ConfigError(f"train {args.kind} takes only --out, --epochs, --seed and --data-dir")
-    role = CLASSIFIER_ROLES[args.kind]
-    epochs, seed = ROLES[role].epochs, ROLES[role].seed
     out = args.out or Path("runs") / f"{args.kind}.safetensors"
     _check_writable([out])
     accuracy = train_classifier(
-        out, args.data_dir, getattr(args, "epochs", epochs), getattr(args, "seed", seed), role
+        out,
+        args.data_dir,
+        getattr(args, "epochs", None),
+        getattr(args, "seed", None),
+        CLASSIFIER_ROLES[args.kind],
     )
     print(f"test accuracy {accuracy:.4f}; weights: {out}")
     return 0

@@ -493,7 +493,7 @@ def get_sampler(name: str) -> Sampler:
 # also redraws what the filter reads as no digit in particular, which buys precision with FID.
 _LEGIBLE = SamplingConfig(
     sampler="dpmpp", steps=20, eta=1.0, guidance_scale=1.0, start="mean", reject_below=0.97
-)  # MNIST-FID 2.76 at guided accuracy 1.000, 22 NFE with redraws (n = 2,000)
+)  # MNIST-FID 2.20 ± 0.21, guided accuracy >= 0.9991, 22 NFE (n = 10,000, seeds 0-2)
 _TIME_GUIDED = SamplingConfig(
     sampler="dpmpp", steps=20, eta=1.0, guidance_scale=1.5, guide="weak", start="mean"
 )  # MNIST-FID 7.04 against 12.34 for the ODE (η = 0) and 19.94 unguided, 40 NFE (n = 2,000)
