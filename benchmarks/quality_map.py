@@ -8,9 +8,11 @@ It prints the table in Markdown at the end, from the file.
 
     python benchmarks/quality_map.py --model class --n 2000  # results/quality_map_class_cpu_n2000.*
     python benchmarks/quality_map.py --model time --n 2000
+    python benchmarks/quality_map.py --model time_e34 --n 2000  # any shipped model by name
     python benchmarks/quality_map.py --model class --n 2000 --table
     python benchmarks/quality_map.py --model class --n 2000 --settings headline --seed 1
     python benchmarks/quality_map.py --model class --n 2000 --spread  # seeds 0, 1, 2
+    python benchmarks/quality_map.py --model time --n 10000 --settings presets --seed 1
     python benchmarks/quality_map.py --weights runs/class_v2/last.safetensors --raw \
         --label class_v2_raw --settings headline --n 2000  # results/quality_map_class_v2_raw_*
 
@@ -31,7 +33,8 @@ import torch
 
 import diffumnist
 from diffumnist.evaluate import generate, score_samples
-from diffumnist.sampling import SamplingConfig, StepInfo, network_evaluations
+from diffumnist.pretrained import SAMPLING_MODELS
+from diffumnist.sampling import PRESETS, SamplingConfig, StepInfo, network_evaluations
 
 ODE_SDE = (0.0, 0.5, 1.0)  # η: deterministic, half, fully stochastic
 DPMPP_20 = {"sampler": "dpmpp", "steps": 20}
@@ -42,6 +45,8 @@ CLIP = {"clip_x0": True}  # each step's x̂0 clamped to [0, 1]
 SDE_MEAN = {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.0, **MEAN}  # unguided, the closest
 # Rejection sampling: digits the shipped filter reads below this probability are redrawn.
 REDRAW = {"reject_below": 0.97}
+# Steps evenly in log-SNR: crowded at low noise, the last x̂0 from t = 1 instead of T/steps.
+LOGSNR = {"spacing": "logsnr"}
 # The class model's legible guided setting: γ = 2.5 for 30 < t <= 240 from the mean digit
 # (with x̂0 clipped, the class `fast` preset before rejection sampling).
 LEGIBLE = {**DPMPP_20, "eta": 0.0, "guidance_scale": 2.5, "guidance_interval": (30, 240), **MEAN}
@@ -81,7 +86,10 @@ CLASS_SETTINGS = [
     {**SDE_MEAN, "steps": 40, **REDRAW},
     {**SDE_MEAN, "guidance_scale": 1.5, "guidance_interval": (30, 240), **REDRAW},
     {**LEGIBLE, **CLIP, **REDRAW},
+    {**SDE_MEAN, **LOGSNR, **REDRAW},
 ]
+# The time model's SDE guided by its weak twin (the former `fast` preset).
+TWIN_SDE = {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK}
 TIME_SETTINGS = [
     *({**DPMPP_20, "eta": eta} for eta in ODE_SDE),
     {"sampler": "ddim", "steps": 20, "eta": 1.0},
@@ -102,6 +110,15 @@ TIME_SETTINGS = [
         for p in (0.9, 0.97, 0.99)
     ),
     {**DPMPP_20, "eta": 1.0, **MEAN, **REDRAW},
+    # log-SNR spacing, then the twin only at high noise (t > 60 or t > 100)
+    {**TWIN_SDE, **LOGSNR},
+    {**TWIN_SDE, **LOGSNR, **REDRAW},
+    {**TWIN_SDE, **LOGSNR, "guidance_interval": (100, 300)},
+    *(
+        {**TWIN_SDE, **LOGSNR, "guidance_scale": g, "guidance_interval": i, **REDRAW}
+        for g, i in ((1.5, (100, 300)), (1.75, (100, 300)), (2.0, (100, 300)), (1.75, (60, 300)))
+    ),
+    {**TWIN_SDE, "guidance_scale": 1.75, "guidance_interval": (100, 300), **REDRAW},
 ]
 # A few settings that tell weights apart (raw against EMA, one run against another).
 HEADLINE = {
@@ -120,6 +137,18 @@ HEADLINE = {
         {**DPMPP_20, "eta": 1.0, "guidance_scale": 1.5, **MEAN, **WEAK, **REDRAW},
     ],
 }
+
+
+def preset_settings(kind: str) -> list[dict]:
+    """The `fast` and `best` presets of `kind` as settings (what differs from the defaults)."""
+    default = SamplingConfig().to_dict()
+    settings = []
+    for name in ("fast", "best"):
+        values = PRESETS[kind][name].to_dict()
+        setting = {k: v for k, v in values.items() if v != default[k] and k != "precision"}
+        if setting not in settings:
+            settings.append(setting)
+    return settings
 
 
 RESULTS = Path(__file__).parent / "results"
@@ -149,7 +178,7 @@ def measure(model, setting: dict, n: int, seed: int) -> dict:
     images, labels = generate(model, n, config, progress=False, callback=count_draws)
     seconds = time.perf_counter() - started
     scores = score_samples(images, labels)
-    nfe = network_evaluations(config, 300, model.kind.conditional)
+    nfe = network_evaluations(config, model.diffusion, model.kind.conditional)
     row = {
         "setting": setting, "n": n, "seed": seed, "seconds": round(seconds, 1),
         "nfe_per_image": round(nfe * drawn / n, 1) if drawn != n else nfe,
@@ -167,10 +196,10 @@ def measure(model, setting: dict, n: int, seed: int) -> dict:
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line]
     lines = [
-        "| sampler | steps | η | γ | interval | guide | start | x̂0 | redraw below | NFE "
-        "| MNIST-FID (floor) | precision | recall | guided acc. |",
-        "| --- | ---: | ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
+        "| sampler | steps | spacing | η | γ | interval | guide | start | x̂0 | redraw below "
+        "| NFE | MNIST-FID (floor) | precision | recall | guided acc. |",
+        "| --- | ---: | --- | ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
     for row in rows:
         s = row["setting"]
@@ -179,7 +208,8 @@ def table(path: Path) -> str:
         )
         accuracy = f"{row['guided_accuracy']:.3f}" if "guided_accuracy" in row else "—"
         lines.append(
-            f"| {s['sampler']} | {s.get('steps', 300)} | {s.get('eta', 0):g} "
+            f"| {s['sampler']} | {s.get('steps', 300)} | {s.get('spacing', 'trailing')} "
+            f"| {s.get('eta', 0):g} "
             f"| {s.get('guidance_scale', '—')} | {interval} "
             f"| {s.get('guide', 'CFG' if 'guided_accuracy' in row else '—')} "
             f"| {s.get('start', 'noise')} | {'clipped' if s.get('clip_x0') else '—'} "
@@ -220,7 +250,9 @@ def spread(paths: list[Path], settings: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("class", "time"), default="class")
+    parser.add_argument(
+        "--model", choices=tuple(SAMPLING_MODELS), default="class", help="a shipped model"
+    )
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--table", action="store_true", help="only print the table so far")
@@ -230,38 +262,44 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--weights", help="a checkpoint to map instead of the shipped --model")
     parser.add_argument("--raw", action="store_true", help="its raw weights, not its EMA copy")
-    parser.add_argument("--label", help="names the results file (default: the model kind)")
     parser.add_argument(
-        "--settings", choices=("map", "headline"), default="map",
-        help="map: every setting of the model's map; headline: a few that tell weights apart",
+        "--label", help="names the results file (default: the --model, or the kind with --weights)"
+    )
+    parser.add_argument(
+        "--settings", choices=("map", "headline", "presets"), default="map",
+        help="map: every setting of the model's map; headline: a few that tell weights apart; "
+        "presets: the kind's fast and best presets",
     )  # fmt: skip
     args = parser.parse_args()
     if args.weights:
         model = diffumnist.load(args.weights, use_ema=not args.raw)
-        args.model = model.config.kind
     else:
         model = diffumnist.load_pretrained(args.model)
+    kind = model.config.kind
+    label = args.label or (kind if args.weights else args.model)
     if torch.cuda.is_available():
         model = model.cuda()
     where = "gpu" if model.device.type == "cuda" else "cpu"
     seed = f"_seed{args.seed}" if args.seed else ""  # other sample seeds: the spread
-    args.out = RESULTS / f"quality_map_{args.label or args.model}_{where}_n{args.n}{seed}.jsonl"
+    args.out = RESULTS / f"quality_map_{label}_{where}_n{args.n}{seed}.jsonl"
     if args.table:
         print(table(args.out))
         return
     if args.spread:
-        base = RESULTS / f"quality_map_{args.label or args.model}_{where}_n{args.n}"
+        base = RESULTS / f"quality_map_{label}_{where}_n{args.n}"
         paths = [base.with_suffix(".jsonl")] + [
             base.parent / f"{base.name}_seed{seed}.jsonl" for seed in (1, 2)
         ]
-        print(spread(paths, HEADLINE[args.model]))
+        print(spread(paths, preset_settings(kind) + HEADLINE[kind]))
         return
     done = set()
     if args.out.exists():
         done = {key(json.loads(line)["setting"]) for line in args.out.read_text().splitlines()}
-    settings = {"class": CLASS_SETTINGS, "time": TIME_SETTINGS}[args.model]
+    settings = {"class": CLASS_SETTINGS, "time": TIME_SETTINGS}[kind]
     if args.settings == "headline":
-        settings = HEADLINE[args.model]
+        settings = HEADLINE[kind]
+    if args.settings == "presets":
+        settings = preset_settings(kind)
     for setting in settings:
         if key(setting) in done:
             continue

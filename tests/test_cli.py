@@ -298,19 +298,36 @@ def test_clip_x0_is_a_flag_both_ways(capsys, class_ckpt, tmp_path):
     assert "x̂0 clipped" in said["--clip-x0"] and "x̂0 clipped" not in said["--no-clip-x0"]
 
 
+def test_spacing_is_a_choice_of_the_fast_samplers(capsys, class_ckpt, tmp_path):
+    argv = ["sample", str(class_ckpt), "--digits", "1", "--out", str(tmp_path / "g.png"),
+            "--sampler", "dpmpp", "--steps", "4"]  # fmt: skip
+    assert main([*argv, "--spacing", "logsnr"]) == 0
+    assert "logsnr spacing" in capsys.readouterr().out.splitlines()[1]
+    assert main([*argv, "--spacing", "karras"]) == 2
+    assert "invalid choice: 'karras'" in capsys.readouterr().err
+    assert main([*argv[:-4], "--sampler", "ddpm", "--spacing", "logsnr"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "spacing applies to the ddim and dpmpp samplers" in err
+
+
 def test_the_time_model_gets_its_own_preset(capsys, make_checkpoint, tmp_path):
     ckpt = make_checkpoint("time", hidden_dim=8, num_timesteps=10)
     guide = make_checkpoint("time", hidden_dim=4, num_timesteps=10)
-    argv = ["sample", str(ckpt), "--n", "1", "--out", str(tmp_path / "g.png"),
-            "--preset", "fast", "--steps", "4", "--seed", "3"]  # fmt: skip
+    argv = ["sample", str(ckpt), "--n", "1", "--out", str(tmp_path / "g.png"), "--preset",
+            "fast", "--steps", "4", "--seed", "3", "--reject-below", "none"]  # fmt: skip
+    # the preset's interval (100 < t <= 300) is in the shipped models' timesteps: T = 10 here
+    assert main(argv) == 2
+    assert "guidance_interval must lie within 0..10 (T)" in capsys.readouterr().err
+    argv += ["--guidance-interval", "5,10"]
     assert main([*argv, "--guide", str(guide)]) == 0
     line = capsys.readouterr().out.splitlines()[1]
     assert line.startswith(
-        f"sampling: dpmpp 4 steps, γ = 1.5 from the {guide} guide, η = 1, from the mean"
+        f"sampling: dpmpp 4 steps, γ = 1.5 for 5 < t <= 10 from the {guide} guide, η = 1, "
+        "logsnr spacing, from the mean"
     )
     assert main([*argv, "--guide", "none"]) == 0  # no guide: nothing for γ to act on
     said = capsys.readouterr().out.splitlines()[1]
-    assert said.startswith("sampling: dpmpp 4 steps, η = 1, from the mean digit, seed 3"), said
+    assert said.startswith("sampling: dpmpp 4 steps, η = 1, logsnr spacing, from the mean "), said
     # the preset's shipped weak twin guides only models of its T (300): one line, exit 2
     assert main(argv) == 2
     err = capsys.readouterr().err

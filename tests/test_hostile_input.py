@@ -150,7 +150,8 @@ HOSTILE_TEXT = st.one_of(
     st.integers(-3, 3).map(str), st.sampled_from(EXTREMES), st.text(max_size=8)
 )
 SAMPLE_FLAGS = ["--digits", "--per-digit", "--n", "--guidance-scale", "--seed", "--sampler",
-                "--steps", "--eta", "--device", "--precision", "--bogus", "--out"]  # fmt: skip
+                "--steps", "--eta", "--spacing", "--device", "--precision", "--bogus",
+                "--out"]  # fmt: skip
 TRAIN_FLAGS = ["--hidden-dim", "--epochs", "--batch-size", "--lr", "--lr-gamma", "--sigma",
                "--p-uncond", "--num-timesteps", "--beta-start", "--beta-end", "--ema-decay",
                "--seed", "--subset", "--max-steps", "--precision", "--device",
@@ -213,6 +214,7 @@ HOSTILE_SAMPLE_ARGS = {
     "sampler": st.text(max_size=6),
     "steps": st.one_of(st.integers(-(2**70), 2**70), st.floats()),
     "eta": NUMBERS,
+    "spacing": st.one_of(st.sampled_from(["logsnr", "trailing", "", None]), st.text(max_size=6)),
 }
 
 

@@ -18,6 +18,7 @@ from diffumnist.sampling import (
     ddpm_sample,
     dpmpp_sample,
     get_sampler,
+    logsnr_timesteps,
     spaced_timesteps,
 )
 
@@ -49,20 +50,23 @@ def oracle_eps_fn(diffusion: GaussianDiffusion, record: list[torch.Tensor] | Non
     return eps_fn
 
 
-def run_ours(sampler, diffusion, steps, eta=0.0, seed=1):
+def run_ours(sampler, diffusion, steps, eta=0.0, seed=1, spacing="trailing"):
     """Run one of our samplers on the oracle; return (x_T, ε per step, StepInfo per step)."""
     eps_seen: list[torch.Tensor] = []
     infos: list[StepInfo] = []
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(123))
     sampler(
         oracle_eps_fn(diffusion, eps_seen), x_T, diffusion, torch.Generator().manual_seed(seed),
-        infos.append, steps=steps, eta=eta,
+        infos.append, steps=steps, eta=eta, spacing=spacing,
     )  # fmt: skip
     return x_T, eps_seen, infos
 
 
-def diffusers_scheduler(name: str, steps: int, algorithm: str = "dpmsolver++"):
-    """diffusers configured to our schedule: linear 1e-4 → 0.02, T = 300, trailing, no clip."""
+def diffusers_scheduler(
+    name: str, steps: int, algorithm: str = "dpmsolver++", timesteps: list[int] | None = None
+):
+    """diffusers configured to our schedule: linear 1e-4 → 0.02, T = 300, trailing, no clip;
+    `timesteps` (ours, 1 … T) replaces the trailing ones (DPM-Solver++ only)."""
     diffusers = pytest.importorskip("diffusers")
     common = dict(
         num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
@@ -75,6 +79,9 @@ def diffusers_scheduler(name: str, steps: int, algorithm: str = "dpmsolver++"):
             **common, algorithm_type=algorithm, solver_order=2, solver_type="midpoint",
             thresholding=False, final_sigmas_type="zero",
         )  # fmt: skip
+    if timesteps is not None:
+        scheduler.set_timesteps(timesteps=[t - 1 for t in timesteps])
+        return scheduler
     scheduler.set_timesteps(steps)
     assert scheduler.timesteps.tolist() == [t - 1 for t in spaced_timesteps(T, steps)]
     return scheduler
@@ -154,6 +161,53 @@ def test_dpmpp_first_order_step_is_ddim(diffusion):
     *_, dpmpp = run_ours(dpmpp_sample, diffusion, steps=2)
     for ours, theirs in zip(dpmpp, ddim, strict=True):
         torch.testing.assert_close(ours.x_prev, theirs.x_prev, atol=1e-5, rtol=1e-5)
+
+
+# diffusers' `use_lu_lambdas` picks the timesteps nearest to the even log-SNR points too, but
+# keeps repeats near t = 1 (20 steps: ..., 4, 2, 2, 1); ours push such steps up to distinct
+# timesteps, which may move the steps before them up too (40 steps: from the 26th on).
+@pytest.mark.parametrize("steps", [2, 5, 10, 20, 40])
+def test_logsnr_spacing_agrees_with_diffusers_lu_lambdas(diffusion, steps):
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+        use_lu_lambdas=True, final_sigmas_type="zero",
+    )  # fmt: skip
+    scheduler.set_timesteps(steps)
+    theirs = [int(k) + 1 for k in scheduler.timesteps]
+    ours = logsnr_timesteps(diffusion, steps)
+    if len(set(theirs)) == steps:
+        assert ours == theirs
+    assert ours[: steps // 2] == theirs[: steps // 2]
+    assert all(a >= b for a, b in zip(ours, theirs, strict=True))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 7, 20, 40, 150, 299, 300])
+def test_logsnr_spacing_visits_distinct_steps_from_T_to_1(diffusion, steps):
+    visited = logsnr_timesteps(diffusion, steps)
+    assert len(visited) == steps and visited[0] == T
+    assert all(a > b for a, b in itertools.pairwise(visited))
+    assert visited[-1] == (1 if steps > 1 else T)
+    if steps == T:
+        assert visited == list(range(T, 0, -1))
+
+
+@pytest.mark.parametrize(("steps", "eta"), [(10, 0.0), (20, 0.0), (20, 1.0)])
+def test_dpmpp_on_logsnr_steps_agrees_with_diffusers(diffusion, steps, eta):
+    """Fed our log-SNR timesteps, diffusers' DPM-Solver++ (2M; SDE at η = 1) takes the
+    same uneven steps: the multistep ratio r = h_prev/h is not 1 where rounding moved one."""
+    x, eps_seen, infos = run_ours(dpmpp_sample, diffusion, steps, eta=eta, seed=5,
+                                  spacing="logsnr")  # fmt: skip
+    visited = logsnr_timesteps(diffusion, steps)
+    assert [info.t for info in infos] == visited
+    algorithm = "sde-dpmsolver++" if eta else "dpmsolver++"
+    scheduler = diffusers_scheduler("dpmpp", steps, algorithm, timesteps=visited)
+    noise_source = torch.Generator().manual_seed(5)
+    for i, k in enumerate(scheduler.timesteps):
+        noise = torch.randn(SHAPE, generator=noise_source) if eta and i < steps - 1 else None
+        x = scheduler.step(eps_seen[i], k, x, variance_noise=noise).prev_sample
+        torch.testing.assert_close(infos[i].x_prev, x, atol=ATOL, rtol=RTOL,
+                                   msg=f"x_prev differs at step {i}")  # fmt: skip
 
 
 def test_trailing_spacing():

@@ -7,11 +7,13 @@ import torch
 
 from diffumnist.config import ConfigError, ModelConfig
 from diffumnist.data import shipped_mean_images
+from diffumnist.diffusion import GaussianDiffusion
 from diffumnist.models import DiffusionModel, load
 from diffumnist.sampling import (
     PRESETS,
     SamplingConfig,
     ddpm_sample,
+    logsnr_timesteps,
     make_eps_fn,
     network_evaluations,
     spaced_timesteps,
@@ -163,9 +165,14 @@ def test_network_evaluations_count_both_branches_only_inside_the_interval():
     config = SamplingConfig(sampler="dpmpp", steps=20, guidance_interval=(30, 180))
     visited = spaced_timesteps(300, 20)  # 300, 285, ..., 15
     inside = sum(30 < t <= 180 for t in visited)
-    assert network_evaluations(config, 300, conditional=True) == 20 + inside == 30
-    assert network_evaluations(config, 300, conditional=False) == 20
-    assert network_evaluations(SamplingConfig(), 300, conditional=True) == 600
+    diffusion = GaussianDiffusion(300)
+    assert network_evaluations(config, diffusion, conditional=True) == 20 + inside == 30
+    assert network_evaluations(config, diffusion, conditional=False) == 20
+    assert network_evaluations(SamplingConfig(), diffusion, conditional=True) == 600
+    # logsnr spacing crowds the steps at small t: fewer of them fall inside (30, 180]
+    logsnr = config.replace(spacing="logsnr")
+    inside = sum(30 < t <= 180 for t in logsnr_timesteps(diffusion, 20))
+    assert network_evaluations(logsnr, diffusion, conditional=True) == 20 + inside == 26
 
 
 def test_presets_resolve_to_their_settings_and_explicit_values_win(tiny_class_model):
@@ -175,12 +182,14 @@ def test_presets_resolve_to_their_settings_and_explicit_values_win(tiny_class_mo
         sampler="dpmpp", steps=20, eta=1.0, guidance_scale=1.0, start="mean", reject_below=0.97
     )
     assert PRESETS["class"]["fast"] == documented == PRESETS["class"]["best"]
-    # the time model, which has no classes: the SDE autoguided by its weak twin (README)
+    # the time model, which has no classes: the SDE on log-SNR steps, autoguided by its weak
+    # twin for t > 100, redrawn below 0.97 (README "Log-SNR steps and guidance at high noise")
     time_fast = SamplingConfig(
-        sampler="dpmpp", steps=20, eta=1.0, guidance_scale=1.5, guide="weak", start="mean"
-    )
+        sampler="dpmpp", steps=20, eta=1.0, spacing="logsnr", guidance_scale=1.5,
+        guidance_interval=(100, 300), guide="weak", start="mean", reject_below=0.97,
+    )  # fmt: skip
     assert SamplingConfig.from_preset("fast", "time") == time_fast
-    assert SamplingConfig.from_preset("best", "time") == time_fast.replace(reject_below=0.97)
+    assert SamplingConfig.from_preset("best", "time") == time_fast.replace(guidance_scale=1.75)
     assert SamplingConfig.from_preset("recipe", "time") == SamplingConfig()
     assert SamplingConfig.from_preset("fast", "time", eta=0.5).eta == 0.5
     assert SamplingConfig.from_preset("fast", "class", start="noise").start == "noise"
@@ -283,8 +292,8 @@ def test_autoguidance_extrapolates_from_the_guide_inside_the_interval(kind):
         only_guide = make_eps_fn(model.net, model.diffusion, onehot, 0.0, None, guide)(x, t)
         torch.testing.assert_close(only_guide, 0.5 * eps)
     config = SamplingConfig(sampler="dpmpp", steps=4, guidance_scale=2.0, guide="weak")
-    assert network_evaluations(config, 20, conditional=False) == 8
-    assert network_evaluations(config.replace(guide=None), 20, conditional=False) == 4
+    assert network_evaluations(config, model.diffusion, conditional=False) == 8
+    assert network_evaluations(config.replace(guide=None), model.diffusion, False) == 4
 
 
 def test_a_guide_that_is_the_model_itself_changes_nothing(make_checkpoint):
@@ -307,3 +316,18 @@ def test_a_guide_must_match_the_model(make_checkpoint):
         load(make_checkpoint("class", 8, 10)).sample([1], guide="weak", sampler="dpmpp", steps=2)
     # a narrower guide is fine: Karras et al. guide with smaller networks
     model.sample(n=1, guide=str(make_checkpoint("time", 4, 10)), sampler="dpmpp", steps=2)
+
+
+def test_spacing_is_checked_and_belongs_to_the_fast_samplers():
+    with pytest.raises(ConfigError, match=r"spacing must be one of .*trailing.*logsnr"):
+        SamplingConfig(sampler="dpmpp", spacing="karras")
+    with pytest.raises(ConfigError, match="spacing applies to the ddim and dpmpp samplers"):
+        SamplingConfig(spacing="logsnr")
+    logsnr = SamplingConfig(sampler="dpmpp", steps=20, eta=1.0, spacing="logsnr")
+    assert "logsnr spacing" in logsnr.describe()
+    assert "spacing" not in logsnr.replace(spacing="trailing").describe()
+    # a new sampler resets the sampler-specific settings, so a preset's spacing never
+    # makes `--sampler ddpm` an error
+    assert logsnr.replace(sampler="ddpm") == SamplingConfig(sampler="ddpm")
+    assert logsnr.replace(sampler="ddim").spacing == "trailing"
+    assert logsnr.replace(sampler="ddim", spacing="logsnr").spacing == "logsnr"

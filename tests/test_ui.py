@@ -273,9 +273,11 @@ def test_ddpm_steps_are_not_editable(page):
     assert page.is_disabled("#steps") and page.input_value("#steps") == "300"
     assert "always 300 for ddpm" in page.inner_text("#help-steps")
     assert page.is_disabled("#eta")  # ddpm takes no η
+    assert page.is_disabled("#spacing") and page.input_value("#spacing") == "trailing"
+    assert "trailing only for ddpm" in page.inner_text("#help-spacing")
     page.select_option("#sampler", "ddim")
     assert page.is_enabled("#steps") and page.input_value("#steps") == "50"
-    assert page.is_enabled("#eta")
+    assert page.is_enabled("#eta") and page.is_enabled("#spacing")
     assert page.input_value("#start") == "noise"  # the recipe starts from pure noise
     assert not page.is_checked("#clip-x0")  # nor does it clip x̂0
     assert page.input_value("#reject-below") == ""  # nor redraw a digit
@@ -284,6 +286,7 @@ def test_ddpm_steps_are_not_editable(page):
     assert page.input_value("#reject-below") == f"{PRESETS['class']['fast'].reject_below:g}"
     assert page.input_value("#sampler") == "dpmpp" and page.input_value("#steps") == "20"
     assert page.input_value("#start") == PRESETS["class"]["fast"].start
+    assert page.input_value("#spacing") == PRESETS["class"]["fast"].spacing
     assert page.is_disabled("#guide")  # no weak twin ships for the class model
     # the time model's own fast preset: guided away from its weak twin
     page.check("input[name='model'][value='time']")
@@ -299,8 +302,8 @@ def test_ddpm_steps_are_not_editable(page):
     class_fast = PRESETS["class"]["fast"]
     assert page.input_value("#guide") == ""
     assert page.input_value("#guidance") == f"{class_fast.guidance_scale:g}"
-    for name in ("sampler", "steps", "eta", "start", "clip_x0", "guide", "guidance_scale",
-                 "guidance_interval", "reject_below", "seed"):  # fmt: skip
+    for name in ("sampler", "steps", "eta", "spacing", "start", "clip_x0", "guide",
+                 "guidance_scale", "guidance_interval", "reject_below", "seed"):  # fmt: skip
         assert "Range:" in page.inner_text(f"#help-{name}")
 
 
@@ -472,6 +475,9 @@ def test_a_foreign_host_header_is_refused(server):
         ({"clip_x0": None}, "clip_x0 needs a value; got nothing"),
         ({"seed": 2**40}, "seed must be an integer in 0..4294967295"),
         ({"sampler": "euler"}, "sampler must be one of ddpm, ddim, dpmpp"),
+        ({"spacing": "karras"}, "spacing must be one of trailing, logsnr"),
+        ({"spacing": None}, "spacing needs a value; got nothing"),
+        ({"sampler": "ddpm", "spacing": "logsnr"}, "spacing applies to the ddim and dpmpp"),
         ({"sampler": "ddpm", "steps": 20}, "ddpm always takes all T=300 steps"),
         ({"sampler": "ddim", "steps": 301}, "steps must be an integer in 1..300"),
         ({"guidance_interval": [0, 301]}, "guidance_interval must lie within 0..300"),
@@ -500,6 +506,8 @@ def test_a_generate_request_starts_from_the_fast_preset():
     assert parse_generate({"clip_x0": not request.sampling.clip_x0}, 300).sampling == (
         request.sampling.replace(clip_x0=not request.sampling.clip_x0)
     )
+    logsnr = parse_generate({"digits": [1], "spacing": "logsnr"}, num_timesteps=300)
+    assert logsnr.sampling == request.sampling.replace(spacing="logsnr")
     longer = parse_generate({"model": "time_e34", "count": 2}, num_timesteps=300)
     assert longer.model == "time_e34" and longer.sampling == time.sampling  # the kind's preset
 

@@ -23,6 +23,7 @@ from diffumnist.sampling import (
     SAMPLER_NAMES,
     SEED_RANGE,
     SamplingConfig,
+    SpacingName,
     StartName,
 )
 
@@ -35,6 +36,7 @@ _FLAG_CHOICES = {
     "BatchNormMode": get_args(BatchNormMode),
     "SamplerName": SAMPLER_NAMES,
     "StartName": get_args(StartName),
+    "SpacingName": get_args(SpacingName),
 }
 DEVICE_HELP = "where to run: auto = a CUDA GPU when there is one, else the CPU"
 

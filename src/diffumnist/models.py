@@ -114,6 +114,7 @@ class DiffusionModel(nn.Module):
         sampler: str | None = None,
         steps: int | None = None,
         eta: float | None = None,
+        spacing: str | None = None,
         guidance_interval: tuple[int, int] | None = None,
         guide: str | None = None,
         start: str | None = None,
@@ -128,7 +129,8 @@ class DiffusionModel(nn.Module):
 
         c: digits (N,) for the class model; the time model takes `n` instead.
         sampler: ddpm (all T steps), ddim or dpmpp (`steps` <= T; None: the preset's, or the
-        sampler's default); `eta` in [0, 1] is DDIM's noise (0 = deterministic);
+        sampler's default); `eta` in [0, 1] is their noise (0 = deterministic); spacing:
+        "trailing" (evenly in t) or "logsnr" (evenly in log-SNR, see SamplingConfig);
         guidance_interval (lo, hi): γ only for lo < t <= hi; guide: "weak" or a checkpoint
         path makes γ autoguidance, away from that weaker model (the time model's only
         guidance), instead of classifier-free guidance; start: "noise" (x_T ~ N(0, I))
@@ -141,8 +143,8 @@ class DiffusionModel(nn.Module):
         """
         given = {
             "guidance_scale": guidance_scale, "seed": seed, "sampler": sampler, "steps": steps,
-            "eta": eta, "guidance_interval": guidance_interval, "guide": guide, "start": start,
-            "clip_x0": clip_x0, "precision": precision,
+            "eta": eta, "spacing": spacing, "guidance_interval": guidance_interval,
+            "guide": guide, "start": start, "clip_x0": clip_x0, "precision": precision,
         }  # fmt: skip
         given = {k: v for k, v in given.items() if v is not None}
         if reject_below is not ...:  # None is a value here: it turns a preset's threshold off
@@ -253,7 +255,7 @@ class DiffusionModel(nn.Module):
             with autocast(self.device, precision):
                 x0 = get_sampler(config.sampler)(
                     eps_fn, x_T, self.diffusion, generator, record, steps=num_steps,
-                    eta=config.eta,
+                    eta=config.eta, spacing=config.spacing,
                 )  # fmt: skip
             if not bool(torch.isfinite(x0).all()):
                 raise ConfigError(

@@ -21,7 +21,14 @@ from diffumnist.config import ConfigError, check_choice, recipe
 from diffumnist.data import add_noise, to_unit
 from diffumnist.models import WEAK_GUIDE
 from diffumnist.pretrained import SAMPLING_MODELS
-from diffumnist.sampling import PRESETS, SAMPLER_NAMES, SEED_RANGE, SamplingConfig, StartName
+from diffumnist.sampling import (
+    PRESETS,
+    SAMPLER_NAMES,
+    SEED_RANGE,
+    SamplingConfig,
+    SpacingName,
+    StartName,
+)
 
 PAGE_PRESET = "fast"  # the page's first settings; "recipe" is one click away
 MAX_DIGITS = 10  # images per request
@@ -30,7 +37,7 @@ DOWNLOAD_SCALES = ("1", "2", "4")  # an 8x GIF of ten digits takes seconds to en
 TRAINED_SIGMA = recipe("denoiser").sigma  # the noise level the shipped denoiser learned
 # Sampling settings the page may send; precision stays SamplingConfig's default (auto).
 PAGE_SETTINGS = (
-    "sampler", "steps", "eta", "start", "clip_x0", "guide", "guidance_scale",
+    "sampler", "steps", "eta", "spacing", "start", "clip_x0", "guide", "guidance_scale",
     "guidance_interval", "reject_below", "seed",
 )  # fmt: skip
 # Kinds whose weak twin ships, so the page may offer guide="weak" (never a path: the page
@@ -73,10 +80,12 @@ def form_info(num_timesteps: int) -> dict[str, Any]:
         "help": {f.name: f.metadata["help"] for f in fields(SamplingConfig)},
         "samplers": list(SAMPLER_NAMES),
         "starts": list(get_args(StartName)),
+        "spacings": list(get_args(SpacingName)),
         "weak_guides": list(WEAK_GUIDES),
         "default_steps": {s: SamplingConfig(sampler=s).num_steps(T) for s in SAMPLER_NAMES},
         "fixed_steps": [s for s in SAMPLER_NAMES if not _accepts(T, sampler=s, steps=1)],
         "eta_samplers": [s for s in SAMPLER_NAMES if _accepts(T, sampler=s, eta=1.0)],
+        "spacing_samplers": [s for s in SAMPLER_NAMES if _accepts(T, sampler=s, spacing="logsnr")],
         "num_timesteps": T,
         "max_digits": MAX_DIGITS,
         "seed_max": SEED_RANGE.stop - 1,
@@ -131,7 +140,7 @@ def parse_generate(payload: object, num_timesteps: int) -> GenerateRequest:
     else:
         count = _number(data, "count", count, 1, MAX_DIGITS)
     settings = {name: data[name] for name in PAGE_SETTINGS if name in data}
-    for name in ("sampler", "eta", "start", "clip_x0", "guidance_scale", "seed"):
+    for name in ("sampler", "eta", "spacing", "start", "clip_x0", "guidance_scale", "seed"):
         if name in settings and settings[name] is None:
             raise ConfigError(f"{name} needs a value; got nothing")
     if settings.get("guide") not in (None, WEAK_GUIDE) or (

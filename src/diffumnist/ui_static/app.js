@@ -78,7 +78,7 @@ let shownResult = null; // {done, stem} of the result on screen
 let clickedAt = 0;
 
 const SAMPLING_INPUTS = [
-  "sampler", "steps", "eta", "start", "clip-x0", "guide", "guidance", "gi-low", "gi-high",
+  "sampler", "steps", "eta", "spacing", "start", "clip-x0", "guide", "guidance", "gi-low", "gi-high",
   "reject-below",
 ];
 let activePreset = null; // the preset whose settings the form holds, or null once edited
@@ -101,6 +101,7 @@ function setupGenerateForm() {
   $("count").max = info.max_digits;
   $("count-help").textContent = `Range: ${rangeOf($("count"))}.`;
   for (const sampler of info.samplers) $("sampler").add(new Option(sampler, sampler));
+  for (const spacing of info.spacings) $("spacing").add(new Option(spacing, spacing));
   for (const start of info.starts) $("start").add(new Option(start, start));
   $("guide").add(new Option("none", ""));
   $("guide").add(new Option("weak twin", "weak"));
@@ -163,6 +164,7 @@ function applyPreset(name) {
   $("sampler").value = preset.sampler;
   onSamplerChange(preset.steps ?? info.default_steps[preset.sampler]);
   $("eta").value = preset.eta;
+  $("spacing").value = preset.spacing;
   $("start").value = preset.start;
   $("clip-x0").checked = preset.clip_x0;
   $("reject-below").value = preset.reject_below ?? "";
@@ -193,6 +195,7 @@ function describeSampling(s, guided = true) {
   const interval = s.guidance_interval ? ` for ${s.guidance_interval[0]} < t ≤ ${s.guidance_interval[1]}` : "";
   const parts = [`${s.sampler}, ${steps} steps`];
   if (s.eta) parts.push(`η = ${s.eta}`);
+  if (s.spacing !== "trailing") parts.push(`${s.spacing} spacing`);
   const guide = s.guide ? ` away from the ${s.guide} twin` : "";
   if (guided || s.guide) parts.push(`γ = ${s.guidance_scale}${interval}${guide}`);
   if (s.start === "mean") parts.push("from the mean digit");
@@ -210,6 +213,8 @@ function onSamplerChange(steps) {
   $("steps").value = fixed ? info.num_timesteps : steps;
   $("eta").disabled = !info.eta_samplers.includes(sampler);
   if ($("eta").disabled) $("eta").value = 0;
+  $("spacing").disabled = !info.spacing_samplers.includes(sampler);
+  if ($("spacing").disabled) $("spacing").value = "trailing";
   writeHelp();
 }
 
@@ -220,6 +225,9 @@ function writeHelp() {
     sampler: info.samplers.join(", "),
     steps: $("steps").disabled ? `always ${T} for ${$("sampler").value}` : `1–${T}`,
     eta: $("eta").disabled ? `${info.eta_samplers.join(" and ")} only` : "0–1",
+    spacing: $("spacing").disabled
+      ? `trailing only for ${$("sampler").value}`
+      : info.spacings.join(", "),
     start: info.starts.join(", "),
     clip_x0: "on or off",
     guide: `none or weak; weak for ${info.weak_guides.join(" and ")}`,
@@ -262,6 +270,7 @@ function readGenerateForm() {
     sampler: $("sampler").value,
     steps: $("steps").disabled ? null : readNumber($("steps"), "Steps"),
     eta: $("eta").disabled ? 0 : readNumber($("eta"), "η"),
+    spacing: $("spacing").value,
     start: $("start").value,
     clip_x0: $("clip-x0").checked,
     guide: $("guide").value || null,
@@ -427,7 +436,8 @@ function fileStem(s) {
   }
   const start = `${s.start === "mean" ? "_mean" : ""}${s.clip_x0 ? "_clip" : ""}${
     s.reject_below ? `_redraw${s.reject_below}` : ""}`;
-  return `${what}_${s.sampler}${s.steps}${s.eta ? `_eta${s.eta}` : ""}${start}_seed${s.seed}`;
+  const spacing = s.spacing === "trailing" ? "" : `_${s.spacing}`;
+  return `${what}_${s.sampler}${s.steps}${s.eta ? `_eta${s.eta}` : ""}${spacing}${start}_seed${s.seed}`;
 }
 
 function updateDownloads() {
