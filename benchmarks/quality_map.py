@@ -1,4 +1,4 @@
-"""Sample quality over sampler × steps × η × γ × guidance interval: the quality map.
+"""Sample quality over sampler × steps × spacing × η × γ × interval: the quality map.
 
 Each setting generates n samples of a shipped model (class: digits i mod 10; time:
 unconditional) from the same seed, scores them with the shipped judge (MNIST-FID with its
@@ -290,7 +290,9 @@ def main() -> None:
         paths = [base.with_suffix(".jsonl")] + [
             base.parent / f"{base.name}_seed{seed}.jsonl" for seed in (1, 2)
         ]
-        print(spread(paths, preset_settings(kind) + HEADLINE[kind]))
+        settings = preset_settings(kind) + HEADLINE[kind]
+        unique = list({key(setting): setting for setting in settings}.values())
+        print(spread(paths, unique))
         return
     done = set()
     if args.out.exists():

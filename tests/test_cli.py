@@ -318,6 +318,8 @@ def test_the_time_model_gets_its_own_preset(capsys, make_checkpoint, tmp_path):
     # the preset's interval (100 < t <= 300) is in the shipped models' timesteps: T = 10 here
     assert main(argv) == 2
     assert "guidance_interval must lie within 0..10 (T)" in capsys.readouterr().err
+    assert main([*argv, "--guidance-interval", "none", "--guide", "none"]) == 0  # every step
+    assert "for 100 < t" not in capsys.readouterr().out
     argv += ["--guidance-interval", "5,10"]
     assert main([*argv, "--guide", str(guide)]) == 0
     line = capsys.readouterr().out.splitlines()[1]

@@ -19,7 +19,8 @@ from diffumnist.sampling import (
     dpmpp_sample,
     get_sampler,
     logsnr_timesteps,
-    spaced_timesteps,
+    sampler_timesteps,
+    trailing_timesteps,
 )
 
 T = 300
@@ -83,7 +84,7 @@ def diffusers_scheduler(
         scheduler.set_timesteps(timesteps=[t - 1 for t in timesteps])
         return scheduler
     scheduler.set_timesteps(steps)
-    assert scheduler.timesteps.tolist() == [t - 1 for t in spaced_timesteps(T, steps)]
+    assert scheduler.timesteps.tolist() == [t - 1 for t in trailing_timesteps(T, steps)]
     return scheduler
 
 
@@ -211,11 +212,11 @@ def test_dpmpp_on_logsnr_steps_agrees_with_diffusers(diffusion, steps, eta):
 
 
 def test_trailing_spacing():
-    assert spaced_timesteps(T, T) == list(range(T, 0, -1))
-    assert spaced_timesteps(T, 10) == list(range(300, 0, -30))
-    assert spaced_timesteps(T, 1) == [T]
+    assert trailing_timesteps(T, T) == list(range(T, 0, -1))
+    assert trailing_timesteps(T, 10) == list(range(300, 0, -30))
+    assert trailing_timesteps(T, 1) == [T]
     for steps in (7, 13, 299):
-        visited = spaced_timesteps(T, steps)
+        visited = trailing_timesteps(T, steps)
         assert len(visited) == steps and visited[0] == T and visited[-1] >= 1
         assert all(a > b for a, b in itertools.pairwise(visited))
 
@@ -257,19 +258,24 @@ def test_deterministic_samplers_ignore_the_generator(sampler):
     assert torch.equal(generator.get_state(), state)  # no noise was drawn
 
 
-@pytest.mark.parametrize(("name", "steps"), [("ddpm", None), ("ddim", 7), ("ddim", 20),
-                                             ("dpmpp", 1), ("dpmpp", 6)])  # fmt: skip
-def test_callback_fires_once_per_step(name, steps):
+@pytest.mark.parametrize(("name", "steps", "spacing"), [
+    ("ddpm", None, "trailing"), ("ddim", 7, "trailing"), ("ddim", 20, "trailing"),
+    ("dpmpp", 1, "trailing"), ("dpmpp", 6, "trailing"), ("ddim", 7, "logsnr"),
+    ("dpmpp", 6, "logsnr"),
+])  # fmt: skip
+def test_callback_fires_once_per_step(name, steps, spacing):
     small = GaussianDiffusion(20, 1e-4, 0.02)
     infos: list[StepInfo] = []
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
     eta = 0.3 if name == "ddim" else 0.0
     x0 = SAMPLERS[name](oracle_eps_fn(small), x_T, small, torch.Generator().manual_seed(0),
-                        infos.append, steps=steps, eta=eta)  # fmt: skip
+                        infos.append, steps=steps, eta=eta, spacing=spacing)  # fmt: skip
     expected = steps or 20
     assert [info.step for info in infos] == list(range(expected))
     assert all(info.num_steps == expected for info in infos)
-    assert [info.t for info in infos] == spaced_timesteps(20, expected)
+    assert [info.t for info in infos] == sampler_timesteps(small, expected, spacing)
+    if spacing == "logsnr":
+        assert infos[-1].t == 1 and infos[-1].t != trailing_timesteps(20, expected)[-1]
     assert torch.equal(infos[0].x_t, x_T) and torch.equal(infos[-1].x_prev, x0)
     for before, after in itertools.pairwise(infos):
         assert torch.equal(before.x_prev, after.x_t)

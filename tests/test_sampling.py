@@ -16,7 +16,7 @@ from diffumnist.sampling import (
     logsnr_timesteps,
     make_eps_fn,
     network_evaluations,
-    spaced_timesteps,
+    trailing_timesteps,
 )
 
 
@@ -163,7 +163,7 @@ def test_clip_x0_must_be_a_bool():
 
 def test_network_evaluations_count_both_branches_only_inside_the_interval():
     config = SamplingConfig(sampler="dpmpp", steps=20, guidance_interval=(30, 180))
-    visited = spaced_timesteps(300, 20)  # 300, 285, ..., 15
+    visited = trailing_timesteps(300, 20)  # 300, 285, ..., 15
     inside = sum(30 < t <= 180 for t in visited)
     diffusion = GaussianDiffusion(300)
     assert network_evaluations(config, diffusion, conditional=True) == 20 + inside == 30

@@ -34,7 +34,8 @@ from PIL import Image
 from diffumnist.app import BusyError, DemoServer, Job, Worker, make_server
 from diffumnist.classifier import classify, load_classifier
 from diffumnist.config import ConfigError
-from diffumnist.sampling import PRESETS, spaced_timesteps
+from diffumnist.diffusion import GaussianDiffusion
+from diffumnist.sampling import PRESETS, sampler_timesteps
 from diffumnist.webrequests import parse_denoise, parse_generate
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -72,6 +73,9 @@ OVERFLOW = """() => {
 }"""
 SET_SLIDER = "(s, v) => { s.value = v; s.dispatchEvent(new Event('input')); }"
 FAST_STEPS = 20  # the fast preset's steps, which these tests' timelines assume
+FAST_TIMESTEPS = sampler_timesteps(
+    GaussianDiffusion(300), FAST_STEPS, PRESETS["class"]["fast"].spacing
+)
 
 
 @contextlib.contextmanager
@@ -228,7 +232,7 @@ def test_invalid_input_shows_an_error_and_the_server_keeps_answering(page, serve
 
 
 def test_the_result_stays_after_an_error_and_the_timeline_agrees_with_its_label(page, tmp_path):
-    ts = spaced_timesteps(300, FAST_STEPS)
+    ts = FAST_TIMESTEPS
     use_seed(page, 7)
     generate(page)
     kept = page.get_attribute("#final", "src"), page.inner_text("#result-caption")
@@ -292,6 +296,10 @@ def test_ddpm_steps_are_not_editable(page):
     page.check("input[name='model'][value='time']")
     time_fast = PRESETS["time"]["fast"]
     assert page.input_value("#eta") == f"{time_fast.eta:g}"
+    assert page.input_value("#spacing") == time_fast.spacing == "logsnr"
+    low, high = time_fast.guidance_interval
+    assert (page.input_value("#gi-low"), page.input_value("#gi-high")) == (str(low), str(high))
+    assert page.input_value("#reject-below") == f"{time_fast.reject_below:g}"
     assert page.input_value("#guide") == time_fast.guide == "weak"
     assert page.input_value("#guidance") == f"{time_fast.guidance_scale:g}"
     assert page.is_enabled("#guidance") and "weak twin" in page.inner_text("#preset-help")
@@ -338,7 +346,7 @@ def test_stop_cancels_a_running_job(page, server, tmp_path):
     screenshot(page, tmp_path / "stopped.png")
     assert page.is_enabled("#generate") and not page.is_visible("#stop")
     assert page.get_attribute("#final", "src") == kept
-    ts = spaced_timesteps(300, FAST_STEPS)
+    ts = FAST_TIMESTEPS
     assert timeline(page) == (FAST_STEPS - 1, FAST_STEPS - 1, f"t = {ts[-1]}")
 
     job_id = next(u for u in reversed(page.urls) if u.endswith("/events")).split("/")[-2]

@@ -107,8 +107,11 @@ def finite_float(text: str) -> float:
     return value
 
 
-def timestep_interval(text: str) -> tuple[int, int]:
-    """'LO,HI' -> (LO, HI); SamplingConfig checks the values themselves."""
+def timestep_interval(text: str) -> tuple[int, int] | None:
+    """'LO,HI' -> (LO, HI); 'none' -> None (every step: drops a preset's interval).
+    SamplingConfig checks the values themselves."""
+    if text == "none":
+        return None
     try:
         low, high = (int(part) for part in text.split(","))
     except ValueError:
@@ -186,7 +189,7 @@ def add_sampling_flags(parser: argparse.ArgumentParser, seed: int | None = None)
         else:
             kwargs["type"] = _SAMPLING_TYPES[field.name]
         if field.name == "guidance_interval":
-            kwargs["metavar"] = "LO,HI"
+            kwargs["metavar"] = "none|LO,HI"
         if field.name == "guide":
             kwargs["metavar"] = "none|weak|CKPT"
         if field.name == "reject_below":

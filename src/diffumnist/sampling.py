@@ -2,7 +2,8 @@
 
 Every sampler is a free function with one signature (k-diffusion's habit):
 
-    sampler(eps_fn, x_T, diffusion, generator, callback=None, *, steps=None, eta=0.0) -> x0
+    sampler(eps_fn, x_T, diffusion, generator, callback=None, *, steps=None, eta=0.0,
+            spacing="trailing") -> x0
 
 `eps_fn(x_t, t)` returns ε_θ for the integer timestep t, already guided if guidance is
 wanted (see `make_eps_fn`). `callback(StepInfo)` fires once per step; pictures, GIFs and the
@@ -348,7 +349,7 @@ def network_evaluations(
     return steps + sum(low < t <= high for t in visited)
 
 
-def spaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
+def trailing_timesteps(num_timesteps: int, steps: int) -> list[int]:
     """Trailing spacing: t_i = round((S − i)·T/S), i = 0 … S−1, halves to even (as NumPy).
 
     The spacing between visited timesteps is T/S >= 1, so rounding keeps them distinct.
@@ -361,8 +362,8 @@ def logsnr_timesteps(diffusion: GaussianDiffusion, steps: int) -> list[int]:
     λ_T to λ_1 (diffusers' `use_lu_lambdas` rounds to the same ones), kept distinct.
 
     Near t = 1, λ changes faster than the even spacing, so two points may share a nearest
-    timestep (20 steps: ..., 4, 2, 2, 1 in diffusers); here step i is kept within
-    S − i ≤ t_i ≤ T − i and pushed above step i + 1, so S steps visit S distinct timesteps.
+    timestep (20 steps: ..., 4, 2, 2, 1 in diffusers); here step i is kept at or below
+    T − i and pushed above step i + 1, so S steps visit S distinct timesteps from T to 1.
     """
     T = diffusion.num_timesteps
     half_log_snrs = [_half_log_snr(a) for a in _alphas_cumprod(diffusion)[1:]]  # t = 1 … T
@@ -371,17 +372,22 @@ def logsnr_timesteps(diffusion: GaussianDiffusion, steps: int) -> list[int]:
     for i in range(steps):
         target = low + (high - low) * i / max(steps - 1, 1)
         nearest = 1 + min(range(T), key=lambda k: abs(half_log_snrs[k] - target))
-        visited.append(min(max(nearest, steps - i), T - i))
+        visited.append(min(nearest, T - i))
     for i in range(steps - 2, -1, -1):
         visited[i] = max(visited[i], visited[i + 1] + 1)
     return visited
 
 
-def sampler_timesteps(diffusion: GaussianDiffusion, steps: int, spacing: str) -> list[int]:
-    """The S timesteps ddim and dpmpp visit, from T down, for `spacing` (SpacingName)."""
-    if spacing == "logsnr":
-        return logsnr_timesteps(diffusion, steps)
-    return spaced_timesteps(diffusion.num_timesteps, steps)
+SPACINGS: dict[str, Callable[[GaussianDiffusion, int], list[int]]] = {
+    "trailing": lambda diffusion, steps: trailing_timesteps(diffusion.num_timesteps, steps),
+    "logsnr": logsnr_timesteps,
+}
+
+
+def sampler_timesteps(diffusion: GaussianDiffusion, steps: int, spacing: SpacingName) -> list[int]:
+    """The S timesteps ddim and dpmpp visit, from T down, for `spacing`."""
+    check_choice("spacing", spacing, tuple(SPACINGS))
+    return SPACINGS[spacing](diffusion, steps)
 
 
 class Sampler(Protocol):
@@ -428,7 +434,9 @@ def ddpm_sample(
     `steps` must be None or T, `eta` 0 and `spacing` trailing; they exist so every sampler
     shares one signature.
     """
-    num_steps = SamplingConfig("ddpm", steps, eta, spacing).num_steps(diffusion.num_timesteps)
+    num_steps = SamplingConfig(sampler="ddpm", steps=steps, eta=eta, spacing=spacing).num_steps(
+        diffusion.num_timesteps
+    )
     x_t = x_T
     for step, t in enumerate(range(num_steps, 0, -1)):
         eps = eps_fn(x_t, t)
@@ -458,7 +466,9 @@ def ddim_sample(
     Eq. (16): σ = η·√((1 − ᾱ_s)/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_s). η = 0 draws no noise at all;
     η = 1 with steps = T has variance β̃_t (the posterior's), not the recipe's β_t.
     """
-    num_steps = SamplingConfig("ddim", steps, eta, spacing).num_steps(diffusion.num_timesteps)
+    num_steps = SamplingConfig(sampler="ddim", steps=steps, eta=eta, spacing=spacing).num_steps(
+        diffusion.num_timesteps
+    )
     timesteps = sampler_timesteps(diffusion, num_steps, spacing)
     alphas_cumprod = _alphas_cumprod(diffusion)
     x_t = x_T
@@ -506,7 +516,9 @@ def dpmpp_sample(
     `dpmpp_2m_sde`): x_s = (σ_s/σ_t)·e^{−ηh}·x_t + α_s·(1 − e^{−(1+η)h})·D
     + σ_s·√(1 − e^{−2ηh})·z, one z ~ N(0, I) from `generator` per step; η = 0 is the ODE.
     """
-    num_steps = SamplingConfig("dpmpp", steps, eta, spacing).num_steps(diffusion.num_timesteps)
+    num_steps = SamplingConfig(sampler="dpmpp", steps=steps, eta=eta, spacing=spacing).num_steps(
+        diffusion.num_timesteps
+    )
     timesteps = sampler_timesteps(diffusion, num_steps, spacing)
     alphas_cumprod = _alphas_cumprod(diffusion)
     x_t, x0_prev, h_prev = x_T, None, None
