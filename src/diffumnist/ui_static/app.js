@@ -78,8 +78,8 @@ let shownResult = null; // {done, stem} of the result on screen
 let clickedAt = 0;
 
 const SAMPLING_INPUTS = [
-  "sampler", "steps", "eta", "spacing", "start", "clip-x0", "guide", "guidance", "gi-low", "gi-high",
-  "reject-below",
+  "sampler", "steps", "eta", "spacing", "start", "clip-x0", "guide", "guidance", "gi-low",
+  "gi-high", "reject-below",
 ];
 let activePreset = null; // the preset whose settings the form holds, or null once edited
 
@@ -436,8 +436,8 @@ function fileStem(s) {
   }
   const start = `${s.start === "mean" ? "_mean" : ""}${s.clip_x0 ? "_clip" : ""}${
     s.reject_below ? `_redraw${s.reject_below}` : ""}`;
-  const spacing = s.spacing === "trailing" ? "" : `_${s.spacing}`;
-  return `${what}_${s.sampler}${s.steps}${s.eta ? `_eta${s.eta}` : ""}${spacing}${start}_seed${s.seed}`;
+  const noise = `${s.eta ? `_eta${s.eta}` : ""}${s.spacing === "trailing" ? "" : `_${s.spacing}`}`;
+  return `${what}_${s.sampler}${s.steps}${noise}${start}_seed${s.seed}`;
 }
 
 function updateDownloads() {
