@@ -5,7 +5,7 @@ is always committed without outputs. Run from the repository root:
 
     python notebooks/build_walkthrough.py
 
-`tests/test_notebook.py` checks that the committed notebook matches this script and that it
+`tests/system/test_notebook.py` checks that the committed notebook matches this script and that it
 executes without error.
 """
 

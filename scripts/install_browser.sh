@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's chromium for the browser tests (tests/test_ui.py), once.
+# Install Debian's chromium for the browser tests (tests/system/test_ui.py), once.
 # Playwright drives this system browser, because its own browser download cannot be fetched
 # offline or in CI. Idempotent: does nothing when /usr/bin/chromium already exists. Needs root.
 set -euo pipefail

@@ -2,8 +2,11 @@
 
 `ModelConfig` travels inside every checkpoint so `load(path)` rebuilds the network and its
 noise schedule with no flags (the nanoGPT habit). `TrainConfig` holds the recipe of
-SPEC.md; each model kind (kinds/) holds its recipe values, `recipe(kind)` returns the filled
-config, and the CLI's flags are generated from its fields, so a default is written once.
+docs/recipe.md; `RECIPES` holds the values that differ by kind, `recipe(kind)` returns the
+filled config, and the CLI's flags are generated from its fields, so a default is written once.
+
+This module is the bottom layer: it imports nothing of the package. The kinds (kinds/) own
+how each model behaves and register under the names `KindName` lists here.
 """
 
 from __future__ import annotations
@@ -19,6 +22,17 @@ from typing import Any, Literal, get_args
 Precision = Literal["auto", "fp32", "bf16"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 BatchNormMode = Literal["global", "local"]
+KindName = Literal["denoiser", "time", "class"]
+KIND_NAMES: tuple[str, ...] = get_args(KindName)
+
+# The recipe's values that differ by kind; lr_gamma None means 0.1**(1/epochs), a tenfold
+# decay over the run.
+_DDPM_RECIPE = {"hidden_dim": 64, "epochs": 20, "batch_size": 128, "lr": 1e-3, "lr_gamma": None}
+RECIPES: dict[str, dict[str, Any]] = {
+    "denoiser": {"hidden_dim": 128, "epochs": 5, "batch_size": 256, "lr": 1e-4, "lr_gamma": 1.0},
+    "time": _DDPM_RECIPE,
+    "class": _DDPM_RECIPE,
+}
 
 
 class ConfigError(ValueError):
@@ -73,7 +87,7 @@ class ModelConfig:
     checkpoint has the same shape.
     """
 
-    kind: str = "class"  # a name in kinds.KINDS
+    kind: KindName = "class"
     hidden_dim: int = 64
     num_classes: int = 10
     num_timesteps: int = 300
@@ -81,9 +95,7 @@ class ModelConfig:
     beta_end: float = 0.02
 
     def __post_init__(self) -> None:
-        from diffumnist.kinds import get_kind  # kinds build on this module
-
-        get_kind(self.kind)
+        check_choice("kind", self.kind, KIND_NAMES)
         if not isinstance(self.hidden_dim, int) or self.hidden_dim < 1:
             raise ConfigError(f"hidden_dim must be a positive integer; got {self.hidden_dim!r}")
         if not isinstance(self.num_timesteps, int) or self.num_timesteps < 1:
@@ -149,9 +161,8 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """Fill the kind's recipe values where a field is None, and validate; a new config."""
-        from diffumnist.kinds import get_kind  # kinds build on this module
-
-        recipe = get_kind(self.kind).recipe
+        check_choice("kind", self.kind, KIND_NAMES)
+        recipe = RECIPES[self.kind]
         filled = {
             name: getattr(self, name) if getattr(self, name) is not None else default
             for name, default in recipe.items()

@@ -1,15 +1,17 @@
 """Model kinds: everything that differs between the three models lives in one object each.
 
-A kind owns its network, its recipe defaults, how a training batch's randomness is drawn,
+A kind owns its network, how a training batch's randomness is drawn,
 its loss, its per-epoch preview and how a sampling request is read. Training, sampling,
 evaluation and the CLI ask the kind instead of branching on its name, so a new kind (say
-v-prediction) is one new module and one line in `KINDS`.
+v-prediction) is one new module, one line in `KINDS`, and its name and recipe values in
+config (`KindName`, `RECIPES`), the bottom layer that every other module may import.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from diffumnist.config import KIND_NAMES, check_choice
 from diffumnist.kinds.base import ModelKind
 from diffumnist.kinds.class_conditioned import ClassConditioned
 from diffumnist.kinds.denoiser import SingleStepDenoiser
@@ -23,7 +25,6 @@ if TYPE_CHECKING:
 KINDS: dict[str, ModelKind] = {
     kind.name: kind for kind in (SingleStepDenoiser(), TimeConditioned(), ClassConditioned())
 }
-KIND_NAMES: tuple[str, ...] = tuple(KINDS)
 
 
 def build_net(config: ModelConfig) -> nn.Module:
@@ -33,8 +34,6 @@ def build_net(config: ModelConfig) -> nn.Module:
 
 def get_kind(name: str) -> ModelKind:
     """The kind called `name`; a ConfigError lists the valid names otherwise."""
-    from diffumnist.config import check_choice
-
     check_choice("kind", name, KIND_NAMES)
     return KINDS[name]
 

@@ -23,10 +23,6 @@ class ModelKind:
     name: ClassVar[str]
     samples: ClassVar[bool] = True  # generates images from pure noise
     conditional: ClassVar[bool] = False  # takes the digits to draw
-    # The recipe (SPEC.md); lr_gamma None means 0.1**(1/epochs), a tenfold decay per run.
-    recipe: ClassVar[dict[str, Any]] = {
-        "hidden_dim": 64, "epochs": 20, "batch_size": 128, "lr": 1e-3, "lr_gamma": None,
-    }  # fmt: skip
 
     def build_net(self, config: ModelConfig) -> nn.Module:
         """The network a ModelConfig of this kind describes, freshly initialised."""

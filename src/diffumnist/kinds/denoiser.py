@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +21,6 @@ if TYPE_CHECKING:
 class SingleStepDenoiser(ModelKind):
     name = "denoiser"
     samples = False
-    recipe: ClassVar[dict[str, Any]] = {
-        "hidden_dim": 128,
-        "epochs": 5,
-        "batch_size": 256,
-        "lr": 1e-4,
-        "lr_gamma": 1.0,
-    }
 
     def build_net(self, config: ModelConfig) -> nn.Module:
         return UnconditionalUNet(config.hidden_dim)

@@ -18,7 +18,7 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "walkthrough.ipynb"
 BUILDER = REPO / "notebooks" / "build_walkthrough.py"
 KERNEL_NAME = "diffumnist-test-python"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from diffumnist.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_figures_command_draws_every_figure(tmp_path, data_dir, capsys):
