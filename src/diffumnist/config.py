@@ -36,7 +36,14 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 class ConfigError(ValueError):
-    """A user-facing configuration mistake; the CLI prints it as one line and exits 2."""
+    """A user-facing configuration mistake; the CLI prints it as one line and exits 2.
+
+    `setting` names the setting at fault where there is one, so the page can mark its field.
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
