@@ -21,6 +21,7 @@ import torch
 from diffumnist.classifier import ROLES, train_classifier
 from diffumnist.config import ConfigError, DeviceName, TrainConfig
 from diffumnist.distributed import check_gpus_for, launched_by_torchrun, process_group
+from diffumnist.export import REMEASURE_BATCH_SIZE, export_weights
 from diffumnist.files import write_atomic
 from diffumnist.flags import (
     DEVICE_HELP,
@@ -38,7 +39,6 @@ from diffumnist.flags import (
 )
 from diffumnist.kinds import KIND_NAMES
 from diffumnist.launcher import WorkerFailed, launch
-from diffumnist.models import REMEASURE_BATCH_SIZE, export_weights
 from diffumnist.pretrained import PRETRAINED_NAMES, SAMPLING_MODELS, pretrained_path
 from diffumnist.runtime import describe_precision, resolve_device, resolve_precision
 from diffumnist.sampling import PRESETS, SamplingConfig
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--gif", type=Path, help="also write the sampling process as a .gif")
     sample.add_argument("--npz", type=Path, help="also write images/labels as .npz")
     sample.add_argument("--device", choices=get_args(DeviceName), default="auto", help=DEVICE_HELP)
-    add_sampling_flags(sample, seed=42)
+    add_sampling_flags(sample, seed=42, preset="fast")
 
     evaluate = add(
         "eval", "measure a model or a sample file",

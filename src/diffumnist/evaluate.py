@@ -23,8 +23,14 @@ from diffumnist.data import add_noise, load_split, to_uint8, to_unit
 from diffumnist.distributed import SINGLE_PROCESS, World
 from diffumnist.kinds.base import PREVIEW_SEED
 from diffumnist.metrics import class_balance, fid_from_features, guided_accuracy, precision_recall
-from diffumnist.models import MAX_SAMPLES_PER_CALL, Denoiser, DiffusionModel
-from diffumnist.sampling import PRESETS, SEED_RANGE, SamplingConfig, StepCallback
+from diffumnist.models import Denoiser, DiffusionModel
+from diffumnist.sampling import (
+    MAX_SAMPLES_PER_CALL,
+    PRESETS,
+    SEED_RANGE,
+    SamplingConfig,
+    StepCallback,
+)
 
 # The noise levels the single-step denoiser is measured (and pictured) at; it trained at 0.5.
 ROBUSTNESS_SIGMAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)

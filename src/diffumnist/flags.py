@@ -1,43 +1,36 @@
 """Command-line flags made from the dataclasses that own the settings, and argument types.
 
 `add_train_flags` writes one flag per TrainConfig field and `add_sampling_flags` one per
-SamplingConfig field (plus --preset), each with the field's help text, so the CLI never
-restates a default or a range.
+sampling setting (plus --preset), each from the field's declaration (type, range, help), so
+the CLI never restates a default or a range.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import get_args
+from typing import Any
 
 import numpy as np
 import torch
 
-from diffumnist.config import BatchNormMode, ConfigError, DeviceName, Precision, TrainConfig
+from diffumnist.config import ConfigError, TrainConfig
 from diffumnist.runtime import resolve_precision
 from diffumnist.sampling import (
     PRESET_NAMES,
-    PRESETS,
-    SAMPLER_NAMES,
+    PRESET_SUMMARIES,
     SEED_RANGE,
+    SETTING_NAMES,
+    SETTINGS,
     SamplingConfig,
-    SpacingName,
-    StartName,
+    from_preset,
 )
+from diffumnist.sampling.declarations import Setting, read_settings
 
 _FLAG_TYPES = {"int": int, "float": float}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-_SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingConfig)}
-_FLAG_CHOICES = {
-    "Precision": get_args(Precision),
-    "DeviceName": get_args(DeviceName),
-    "BatchNormMode": get_args(BatchNormMode),
-    "SamplerName": SAMPLER_NAMES,
-    "StartName": get_args(StartName),
-    "SpacingName": get_args(SpacingName),
-}
 DEVICE_HELP = "where to run: auto = a CUDA GPU when there is one, else the CPU"
 
 
@@ -107,11 +100,18 @@ def finite_float(text: str) -> float:
     return value
 
 
-def timestep_interval(text: str) -> tuple[int, int] | None:
-    """'LO,HI' -> (LO, HI); 'none' -> None (every step: drops a preset's interval).
-    SamplingConfig checks the values themselves."""
-    if text == "none":
-        return None
+def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A flag type that reads 'none' as None (it switches a preset's value off)."""
+
+    def parse_or_none(text: str) -> Any:
+        return None if text == "none" else parse(text)
+
+    parse_or_none.__name__ = parse.__name__
+    return parse_or_none
+
+
+def timestep_interval(text: str) -> tuple[int, int]:
+    """'LO,HI' -> (LO, HI); SamplingConfig checks the values themselves."""
     try:
         low, high = (int(part) for part in text.split(","))
     except ValueError:
@@ -121,87 +121,91 @@ def timestep_interval(text: str) -> tuple[int, int] | None:
     return low, high
 
 
-def guide_value(text: str) -> str | None:
-    """'none' -> None (no guide: drops a preset's), else the name or path as given."""
-    return None if text == "none" else text
+def _in_range(spec: Setting, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A flag type that parses with `parse`, then checks the setting's declared range."""
+
+    def parse_checked(text: str) -> Any:
+        value = parse(text)
+        try:
+            return spec.checked(value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split("; got")[0]) from None
+
+    parse_checked.__name__ = parse.__name__
+    return parse_checked
 
 
-def probability_or_none(text: str) -> float | None:
-    """'none' -> None (keep every draw: drops a preset's threshold), else a finite number
-    (SamplingConfig checks its range)."""
-    return None if text == "none" else finite_float(text)
+_SETTING_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int, "float": finite_float, "text": str, "interval": timestep_interval,
+}  # fmt: skip
 
 
-_SAMPLING_TYPES = {
-    "steps": positive_int,
-    "eta": finite_float,
-    "guidance_scale": finite_float,
-    "guidance_interval": timestep_interval,
-    "guide": guide_value,
-    "reject_below": probability_or_none,
-    "seed": seed_int,
-}
+def _setting_flag(spec: Setting) -> dict[str, Any]:
+    """argparse keywords for one sampling setting, from its declaration alone."""
+    help_text = spec.help.replace("%", "%%")
+    if spec.nullable and spec.meta.get("none"):
+        help_text += f" none: {spec.meta['none']}."
+    kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
+    if spec.type == "bool":  # --clip-x0 / --no-clip-x0, so a preset's value can be undone
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif spec.type == "choice":
+        kwargs["choices"] = spec.choices
+    else:
+        parse = _in_range(spec, _SETTING_PARSERS[spec.type])
+        kwargs["type"] = _none_or(parse) if spec.nullable else parse
+        metavar = {"interval": "LO,HI", "text": "NAME"}.get(spec.type, spec.type.upper())
+        kwargs["metavar"] = f"none|{metavar}" if spec.nullable else metavar
+    return kwargs
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, help and defaults taken from the dataclass."""
-    for field in dataclasses.fields(TrainConfig):
-        if field.name == "kind":
+    """One flag per TrainConfig field, read from its declaration like the sampling flags."""
+    for spec in read_settings(TrainConfig):
+        if spec.name == "kind":
             continue
-        flag = "--" + field.name.replace("_", "-")
-        help_text = field.metadata["help"]
-        if field.default is not None:
-            help_text += f" (default: {field.default})"
-        kwargs = {"help": help_text, "default": argparse.SUPPRESS}
-        if field.type in _FLAG_CHOICES:
-            kwargs["choices"] = _FLAG_CHOICES[field.type]
-        elif field.name == "seed":
-            kwargs["type"] = seed_int
+        help_text = spec.help
+        if spec.default is not None:
+            help_text += f" (default: {spec.default})"
+        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
+        if spec.type == "choice":
+            kwargs["choices"] = spec.choices
         else:
-            kwargs["type"] = _FLAG_TYPES[field.type.split(" ")[0]]
-        parser.add_argument(flag, **kwargs)
+            kwargs["type"] = seed_int if spec.name == "seed" else _FLAG_TYPES[spec.type]
+        parser.add_argument("--" + spec.name.replace("_", "-"), **kwargs)
 
 
-def add_sampling_flags(parser: argparse.ArgumentParser, seed: int | None = None) -> None:
-    """--preset and one flag per SamplingConfig field; a flag given wins over the preset.
+def add_sampling_flags(
+    parser: argparse.ArgumentParser, seed: int | None = None, preset: str = "recipe"
+) -> None:
+    """--preset and one flag per SamplingConfig setting; a flag given wins over the preset.
 
     seed None: the command fixes its own seeds and offers no --seed.
     """
     group = parser.add_argument_group(
         "sampling", "Settings default to the --preset's for the model's kind; any flag given "
-        "overrides it.\n  " + "\n  ".join(
-            f"{name} ({kind}): {presets[name].describe(with_seed=False, guided=kind == 'class')}"
-            for name in PRESET_NAMES for kind, presets in PRESETS.items()
+        "overrides it ('none' switches a preset's value off).\n  " + "\n  ".join(
+            f"{name} ({kind}): {summary}"
+            for kind, summaries in PRESET_SUMMARIES.items() for name, summary in summaries.items()
         ),
     )  # fmt: skip
-    group.add_argument("--preset", choices=PRESET_NAMES, default="recipe",
-                       help="named sampling settings (README: quality map)")  # fmt: skip
-    for field in dataclasses.fields(SamplingConfig):
-        if field.name == "seed" and seed is None:
-            continue
-        kwargs = {"help": field.metadata["help"], "default": argparse.SUPPRESS}
-        if field.name == "seed":
-            kwargs |= {"default": seed, "help": "seed of the initial noise"}
-        if field.type in _FLAG_CHOICES:
-            kwargs["choices"] = _FLAG_CHOICES[field.type]
-        elif field.type == "bool":  # --clip-x0 / --no-clip-x0, so a preset's value can be undone
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = _SAMPLING_TYPES[field.name]
-        if field.name == "guidance_interval":
-            kwargs["metavar"] = "none|LO,HI"
-        if field.name == "guide":
-            kwargs["metavar"] = "none|weak|CKPT"
-        if field.name == "reject_below":
-            kwargs["metavar"] = "none|P"
-        group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+    group.add_argument(
+        "--preset", choices=PRESET_NAMES, default=preset,
+        help="named sampling settings (docs/quality.md: how they were chosen)",
+    )  # fmt: skip
+    for spec in SETTINGS:
+        kwargs = _setting_flag(spec)
+        if spec.name == "seed":
+            if seed is None:
+                continue
+            kwargs["default"] = seed
+        group.add_argument("--" + spec.name.replace("_", "-"), **kwargs)
 
 
 def sampling_config(args: argparse.Namespace, device: torch.device, kind: str) -> SamplingConfig:
     """The flags' SamplingConfig for a model of `kind`, its precision resolved for `device`
     (so it can be shown)."""
-    given = {name: value for name, value in vars(args).items() if name in _SAMPLING_FIELDS}
-    config = SamplingConfig.from_preset(args.preset, kind, **given)
+    given = {name: value for name, value in vars(args).items() if name in SETTING_NAMES}
+    config = from_preset(args.preset, kind, **given)
     return config.replace(precision=resolve_precision(config.precision, device))
 
 

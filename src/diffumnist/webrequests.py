@@ -2,32 +2,35 @@
 
 Why apart from the server: the limits the form shows and the checks that enforce them belong
 together, as plain functions from JSON to typed values, testable without sockets or threads;
-every refusal is a ConfigError whose one line the page shows. Sampling settings are checked
-by `SamplingConfig` itself (starting from the page's preset), so their ranges live in one
-place; this module adds only what the page alone sends: which model, which digits, the
-download scales, and the denoiser's source, pixels and noise level.
+every refusal is a ConfigError whose one line the page shows, naming the setting at fault.
+The sampling controls are described to the page from the settings' declarations
+(`Setting.describe`) and checked by `SamplingConfig` itself (starting from the page's
+preset), so a new setting reaches the page with no edit here; this module adds only what the
+page alone sends: which model, which digits, the download scales, and the denoiser's source,
+pixels and noise level.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
-from typing import Any, get_args
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from diffumnist.checkpoint import shipped_weights
 from diffumnist.config import ConfigError, check_choice, recipe
 from diffumnist.data import add_noise, to_unit
-from diffumnist.models import WEAK_GUIDE
 from diffumnist.pretrained import SAMPLING_MODELS
 from diffumnist.sampling import (
+    PRESET_SUMMARIES,
     PRESETS,
     SAMPLER_NAMES,
     SEED_RANGE,
+    SETTINGS,
+    WEAK_GUIDE,
     SamplingConfig,
-    SpacingName,
-    StartName,
+    from_preset,
 )
 
 PAGE_PRESET = "fast"  # the page's first settings; "recipe" is one click away
@@ -35,11 +38,8 @@ MAX_DIGITS = 10  # images per request
 MAX_SIGMA = 2.0
 DOWNLOAD_SCALES = ("1", "2", "4")  # an 8x GIF of ten digits takes seconds to encode
 TRAINED_SIGMA = recipe("denoiser").sigma  # the noise level the shipped denoiser learned
-# Sampling settings the page may send; precision stays SamplingConfig's default (auto).
-PAGE_SETTINGS = (
-    "sampler", "steps", "eta", "spacing", "start", "clip_x0", "guide", "guidance_scale",
-    "guidance_interval", "reject_below", "seed",
-)  # fmt: skip
+# Sampling settings the page may send: all but those declared page=False (precision: auto).
+PAGE_SETTINGS = tuple(spec.name for spec in SETTINGS if spec.meta.get("page", True))
 # Kinds whose weak twin ships, so the page may offer guide="weak" (never a path: the page
 # must not name files on the server).
 WEAK_GUIDES = tuple(kind for kind in PRESETS if shipped_weights(f"{kind}_weak").exists())
@@ -57,35 +57,23 @@ class GenerateRequest:
     sampling: SamplingConfig = field(default_factory=lambda: PRESETS["class"][PAGE_PRESET])
 
 
-def _accepts(num_timesteps: int, **settings: Any) -> bool:
-    """Whether SamplingConfig takes `settings` for a model of T = `num_timesteps`."""
-    try:
-        SamplingConfig(**settings).num_steps(num_timesteps)
-    except ConfigError:
-        return False
-    return True
-
-
 def form_info(num_timesteps: int) -> dict[str, Any]:
-    """What the page builds its form from: presets, help, choices and limits, each as
-    SamplingConfig has it (which samplers take η or other steps: as it accepts them)."""
+    """What the page builds its form from: each setting as declared (type, range, help,
+    where it applies), the presets with a plain sentence each, and the page's own limits."""
     T = num_timesteps
     return {
         "preset": PAGE_PRESET,
         "models": PAGE_MODELS,
+        "settings": [spec.describe() for spec in SETTINGS if spec.name in PAGE_SETTINGS],
         "presets": {
-            kind: {name: config.to_dict() for name, config in presets.items()}
+            kind: {
+                name: {"settings": config.to_dict(), "summary": PRESET_SUMMARIES[kind][name]}
+                for name, config in presets.items()
+            }
             for kind, presets in PRESETS.items()
         },
-        "help": {f.name: f.metadata["help"] for f in fields(SamplingConfig)},
-        "samplers": list(SAMPLER_NAMES),
-        "starts": list(get_args(StartName)),
-        "spacings": list(get_args(SpacingName)),
         "weak_guides": list(WEAK_GUIDES),
         "default_steps": {s: SamplingConfig(sampler=s).num_steps(T) for s in SAMPLER_NAMES},
-        "fixed_steps": [s for s in SAMPLER_NAMES if not _accepts(T, sampler=s, steps=1)],
-        "eta_samplers": [s for s in SAMPLER_NAMES if _accepts(T, sampler=s, eta=1.0)],
-        "spacing_samplers": [s for s in SAMPLER_NAMES if _accepts(T, sampler=s, spacing="logsnr")],
         "num_timesteps": T,
         "max_digits": MAX_DIGITS,
         "seed_max": SEED_RANGE.stop - 1,
@@ -125,8 +113,8 @@ def _int_list(value: object, name: str, high: int) -> tuple[int, ...]:
 def parse_generate(payload: object, num_timesteps: int) -> GenerateRequest:
     """Check a Generate request; raise ConfigError naming the first bad field.
 
-    SamplingConfig checks the sampling settings, starting from the page's preset; a null is
-    refused here only where SamplingConfig would read it as "the default".
+    SamplingConfig checks the sampling settings, starting from the page's preset: a null
+    switches a preset's value off where the setting admits None, and is refused elsewhere.
     """
     data = _object(payload, {"model", "digits", "count", *PAGE_SETTINGS})
     model = data.get("model", "class")
@@ -140,15 +128,12 @@ def parse_generate(payload: object, num_timesteps: int) -> GenerateRequest:
     else:
         count = _number(data, "count", count, 1, MAX_DIGITS)
     settings = {name: data[name] for name in PAGE_SETTINGS if name in data}
-    for name in ("sampler", "eta", "spacing", "start", "clip_x0", "guidance_scale", "seed"):
-        if name in settings and settings[name] is None:
-            raise ConfigError(f"{name} needs a value; got nothing")
     if settings.get("guide") not in (None, WEAK_GUIDE) or (
         settings.get("guide") == WEAK_GUIDE and kind not in WEAK_GUIDES
     ):
         choices = "null or weak" if kind in WEAK_GUIDES else "null"
-        raise ConfigError(f"guide must be {choices} for the {model} model here")
-    config = SamplingConfig.from_preset(PAGE_PRESET, kind, **settings)
+        raise ConfigError(f"guide must be {choices} for the {model} model here", "guide")
+    config = from_preset(PAGE_PRESET, kind, **settings)
     config = config.replace(steps=config.num_steps(num_timesteps))
     return GenerateRequest(model=model, digits=digits, count=count, sampling=config)
 

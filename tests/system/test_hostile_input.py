@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 from diffumnist import cli, evaluate
 from diffumnist.checkpoint import CheckpointError
 from diffumnist.config import ConfigError, ModelConfig
-from diffumnist.models import MAX_SAMPLES_PER_CALL, DiffusionModel, load
+from diffumnist.models import DiffusionModel, load
+from diffumnist.sampling import MAX_SAMPLES_PER_CALL
 
 FUZZ = settings(
     max_examples=1000 if LONG_TESTS else 150,

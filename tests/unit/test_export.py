@@ -10,8 +10,8 @@ from diffumnist.batchnorm import remeasure_running_statistics
 from diffumnist.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from diffumnist.cli import main
 from diffumnist.config import ModelConfig
+from diffumnist.export import export_weights
 from diffumnist.kinds import build_net
-from diffumnist.models import export_weights
 
 
 def test_remeasure_gives_the_plain_average_and_restores_the_module():
