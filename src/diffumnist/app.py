@@ -3,41 +3,49 @@
 `diffumnist ui` calls `serve()`; the page (`ui_static/`) talks only to this server, which
 holds HTTP routes and the job queue. Requests are checked in `webrequests`; connection
 limits, read timeouts and whole bodies come from `webserver`. Sampling settings, their
-defaults, ranges and help come from `SamplingConfig` (the page starts from its `fast`
-preset), pictures from `viz`. The standard library's server, not Gradio or FastAPI: the page
-must work offline with no new dependency. Frames stream as server-sent events. Model calls
-run in turn on one worker thread behind a bounded queue (full: 503 at once). On 127.0.0.1
+labels, defaults, ranges and help come from `SamplingConfig` through `/api/info`, and the
+page builds its Advanced settings from that description; jobs, the worker and the frames
+they stream live in `webjobs`, pictures come from `viz`. The standard library's server, not
+Gradio or FastAPI: the page must work offline with no new dependency. Frames stream as
+server-sent events. Model calls run in turn on one worker thread behind a bounded queue
+(full: 503 at once). On 127.0.0.1
 (default) the Host header is checked (DNS rebinding); posts must be JSON; a CSP keeps the
 page here.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
-import secrets
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from http import HTTPStatus
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import torch
 
-from diffumnist.config import ConfigError
-from diffumnist.data import load_split
+from diffumnist.config import ConfigError, default_data_dir
+from diffumnist.data import load_split, to_uint8
 from diffumnist.pretrained import load_pretrained
-from diffumnist.sampling import StepInfo
 from diffumnist.viz import gif_bytes, png_bytes
+from diffumnist.webjobs import (
+    MAX_QUEUED,
+    BusyError,
+    Job,
+    Recorder,
+    Worker,
+    data_url,
+    explain,
+    grid_columns,
+    grid_url,
+)
 from diffumnist.webrequests import (
-    DOWNLOAD_SCALES,
     PAGE_MODELS,
     GenerateRequest,
     form_info,
@@ -48,10 +56,13 @@ from diffumnist.webserver import BadRequest, BoundedHTTPServer, TimedRequestHand
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED = 4  # requests waiting behind the running one; more are refused
 MAX_BODY_BYTES = 16_384  # a drawn digit (784 numbers) fits several times over
 KEEP_JOBS = 8  # recent generations whose frames and downloads stay available
 DENOISE_WAIT_S = 300.0  # a denoise request gives up after waiting this long in line
+PAGE_ZOOM = 10  # the page shows a result this many times enlarged (less when it is wide)
+DOWNLOAD_SCALES = ("1", "2", "4", "8", str(PAGE_ZOOM))  # up to what the page shows
+# Labels of the fields the page adds to the sampling settings, for error messages.
+PAGE_LABELS = {"model": "Model", "digits": "Digits", "count": "How many images"}
 LOOPBACK = ("127.0.0.1", "localhost")
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -68,127 +79,48 @@ SECURITY_HEADERS = {
 }
 
 
-class BusyError(RuntimeError):
-    """The queue is full; the request was not accepted."""
-
-
-class Cancelled(Exception):
-    """Raised between sampling steps once the page pressed Stop."""
-
-
-def data_url(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-# ---------------------------------------------------------------- jobs and the worker
-
-
-class Job:
-    """A generation's events (queued, started, frame…, then done, failed or cancelled), kept
-    so the page's stream, opened once the POST returns, still sees every one in order."""
-
-    def __init__(self) -> None:
-        self.id = secrets.token_hex(8)
-        self.downloads: dict[str, Callable[[int], bytes]] = {}  # file -> encoder at a scale
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.finished = False
-        self.cancelled = threading.Event()  # set by Stop: the job ends at the next step
-        self._changed = threading.Condition()
-
-    def emit(self, name: str, data: dict[str, Any], last: bool = False) -> None:
-        with self._changed:
-            self.events.append((name, data))
-            self.finished = last
-            self._changed.notify_all()
-
-    def run(self, work: Callable[[Job], dict[str, Any]]) -> None:
-        """started, then `work`'s result as done, or failed (one line) or cancelled."""
-        try:
-            if self.cancelled.is_set():
-                raise Cancelled
-            self.emit("started", {})
-            self.emit("done", work(self), last=True)
-        except Cancelled:
-            self.emit("cancelled", {}, last=True)
-        except ConfigError as exc:
-            self.emit("failed", {"message": str(exc)}, last=True)
-        except Exception as exc:
-            log.exception("job %s failed", self.id)
-            self.emit("failed", {"message": f"internal error: {exc}"}, last=True)
-
-    def follow(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Yield every event, past and future, until the job has finished."""
-        seen = 0
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda n=seen: len(self.events) > n or self.finished)
-                new, finished = self.events[seen:], self.finished
-            yield from new
-            seen += len(new)
-            if finished:
-                return
-
-
-class Worker:
-    """Runs model calls in turn on one thread; at most `max_queued` wait in line."""
-
-    def __init__(self, max_queued: int = MAX_QUEUED) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="diffumnist-ui")
-        self.max_queued, self._pending, self._lock = max_queued, 0, threading.Lock()
-
-    def submit(self, work: Callable[[], Any], queued: Callable[[int], Any] = id) -> Future:
-        """Queue `work` after telling `queued` how many calls are ahead of it (not counting
-        itself); the Future holds what it returns. A full line raises BusyError at once."""
-        with self._lock:
-            if self._pending > self.max_queued:
-                raise BusyError(
-                    f"the server is busy: {self.max_queued} requests are already waiting; "
-                    "try again in a moment"
-                )
-            queued(self._pending)  # before the worker may start it
-            self._pending += 1
-        future = self._executor.submit(work)
-        future.add_done_callback(self._done)
-        return future
-
-    def _done(self, future: Future) -> None:
-        with self._lock:
-            self._pending -= 1
-
-    def stop(self) -> None:
-        """Drop the calls still in line, finish the running one, end the thread."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-
 # ---------------------------------------------------------------- the demo, without HTTP
 
 
 class DemoApp:
-    """The models, the worker and recent jobs behind the page."""
+    """The models, the worker and recent jobs behind the page.
 
-    def __init__(self, max_queued: int = MAX_QUEUED) -> None:
+    `data_dir`: where MNIST's test digits are read for the denoiser tab (default
+    $DIFFUMNIST_DATA, else the cache folder); never downloaded, so offline the tab offers
+    drawing only.
+    """
+
+    def __init__(self, max_queued: int = MAX_QUEUED, data_dir: Path | str | None = None) -> None:
         self.models = {name: load_pretrained(name) for name in PAGE_MODELS}
         self.denoiser = load_pretrained("denoiser")
         self.num_timesteps = min(m.config.num_timesteps for m in self.models.values())
         self.worker = Worker(max_queued)
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
-        try:  # never downloads: offline, the denoiser tab offers drawing only
-            self.test_images, self.test_labels = load_split("test", download=False)
+        try:
+            self.test_images, self.test_labels = load_split("test", data_dir, download=False)
             self.test_note = ""
         except ConfigError as exc:
             log.warning("denoiser tab offers drawing only: %s", exc)
             self.test_images, self.test_labels = torch.empty(0, 28, 28), torch.empty(0)
-            self.test_note = "MNIST test digits are not on this machine, so draw a digit."
+            folder = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+            self.test_note = (
+                f"MNIST test digits are not in {folder}, so this tab offers drawing only. "
+                "To pick test digits, start the page with --data-dir pointing at a folder "
+                "that holds MNIST; or draw a digit below."
+            )
+        form = form_info(self.num_timesteps)
+        self.labels = PAGE_LABELS | {s["name"]: s["label"] for s in form.get("settings", [])}
 
     def info(self) -> dict[str, Any]:
         """What the page builds its form from, and which test digits it can offer."""
         form = form_info(self.num_timesteps)
-        return form | {"test_digits": len(self.test_images), "test_note": self.test_note}
+        extra = {"test_digits": len(self.test_images), "test_note": self.test_note}
+        return form | extra | {"download_scales": DOWNLOAD_SCALES, "page_zoom": PAGE_ZOOM}
 
     def start_generation(self, payload: object) -> Job:
         """Validate and queue a generation; its frames stream from `job.follow()`."""
-        request, job = parse_generate(payload, self.num_timesteps), Job()
+        request, job = parse_generate(payload, self.num_timesteps), Job(self.labels)
         self.worker.submit(
             lambda: job.run(lambda job: self._generate(request, job)),
             lambda ahead: job.emit("queued", {"ahead": ahead}),
@@ -224,25 +156,18 @@ class DemoApp:
         return {k: data_url(png_bytes(x, 1)) for k, x in images.items()} | {"label": label}
 
     def _generate(self, request: GenerateRequest, job: Job) -> dict[str, Any]:
-        """Sample, streaming x_t and x̂0 after every step of the first draw; keep the images
-        for downloads."""
+        """Sample, streaming x_t and x̂0 after every step (redraws pasted where they go);
+        return the result and its timeline, and keep the images for downloads."""
         started = time.perf_counter()
         model = self.models[request.model]
         conditional = model.kind.conditional
         n = len(request.digits) if conditional else request.count
-        nrow = n if n <= 5 else (n + 1) // 2  # two rows past five, so ten digits stay large
-
-        def on_step(info: StepInfo) -> None:
-            if job.cancelled.is_set():
-                raise Cancelled
-            if info.draw:  # redraws of rejected digits: the live view shows the first draw
-                return
-            x_t, x0 = (data_url(png_bytes(x, nrow)) for x in (info.x_t, info.x0_pred))
-            job.emit("frame", {"step": info.step + 1, "t": info.t, "x_t": x_t, "x0": x0})
-
+        recorder, nrow = Recorder(job, n), grid_columns(n)
         digits = torch.tensor(request.digits) if conditional else None
         count = None if conditional else request.count
-        samples, animation = model.generate(digits, request.sampling, n=count, callback=on_step)
+        samples, animation = model.generate(
+            digits, request.sampling, n=count, callback=recorder.on_step
+        )
         job.downloads = {
             "grid.png": lambda scale: png_bytes(samples, nrow, scale),
             "process.gif": lambda scale: gif_bytes(animation, nrow, scale),
@@ -250,7 +175,9 @@ class DemoApp:
         settings = {"model": request.model, "digits": request.digits, "count": request.count}
         return {
             "seconds": time.perf_counter() - started,
-            "final": data_url(png_bytes(samples, nrow)),
+            "final": grid_url(to_uint8(samples), nrow),
+            "timeline": recorder.timeline(animation),
+            "redrawn": recorder.redrawn(animation),
             "grid": f"/api/jobs/{job.id}/grid.png",
             "gif": f"/api/jobs/{job.id}/process.gif",
             "settings": settings | request.sampling.to_dict(),
@@ -313,7 +240,9 @@ class DemoHandler(TimedRequestHandler):
             else:
                 error = f"nothing to post to at {path}"
                 return self.send_json(HTTPStatus.NOT_FOUND, {"error": error})
-        except (ConfigError, BadRequest) as exc:
+        except ConfigError as exc:
+            self.send_json(HTTPStatus.BAD_REQUEST, explain(exc, app.labels))
+        except BadRequest as exc:
             self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except BusyError as exc:
             self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
@@ -360,21 +289,29 @@ class DemoHandler(TimedRequestHandler):
 
 
 def make_server(
-    host: str = "127.0.0.1", port: int = 7860, app: DemoApp | None = None, **limits: Any
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    app: DemoApp | None = None,
+    data_dir: Path | str | None = None,
+    **limits: Any,
 ) -> DemoServer:
     """A ready server (port 0 picks a free one); raises ConfigError if it cannot listen.
 
-    `limits`: `read_timeout` (seconds) and `max_connections`, as BoundedHTTPServer takes them.
+    `data_dir`: MNIST for the denoiser tab's test digits (DemoApp's). `limits`:
+    `read_timeout` (seconds) and `max_connections`, as BoundedHTTPServer takes them.
     """
     try:
-        return DemoServer((host, port), app or DemoApp(), **limits)
+        return DemoServer((host, port), app or DemoApp(data_dir=data_dir), **limits)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-def serve(host: str = "127.0.0.1", port: int = 7860, **limits: Any) -> None:
-    """Serve the demo until Ctrl+C; blocks. `diffumnist ui [--host] [--port]` calls this."""
-    server = make_server(host, port, **limits)
+def serve(
+    host: str = "127.0.0.1", port: int = 7860, data_dir: Path | str | None = None, **limits: Any
+) -> None:
+    """Serve the demo until Ctrl+C; blocks. `diffumnist ui [--host] [--port] [--data-dir]`
+    calls this."""
+    server = make_server(host, port, data_dir=data_dir, **limits)
     print(f"DiffuMNIST demo at http://{host}:{server.server_address[1]}/ (Ctrl+C stops it)")
     if host not in LOOPBACK:
         print(f"warning: listening on {host}, so other machines can reach this demo")

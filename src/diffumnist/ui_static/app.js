@@ -1,13 +1,25 @@
 // DiffuMNIST demo page: plain JavaScript with no libraries, talking only to the server that
-// sent it. The server validates every setting; this page only refuses empty or non-numeric
-// fields (so no request carries a blank) and shows what the server answers.
+// sent it. The server's /api/info describes every sampling setting (label, type, default,
+// range, help, papers, which samplers use it) and the presets of each model; the Advanced
+// settings are built from that description, so a new setting needs no edit here. The form
+// checks what it can (ranges, blanks) before sending; the server checks everything again,
+// and a refusal marks the field at fault.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 let info = null;
 
-/** POST JSON; resolve with the reply, or throw an Error with the server's message and status. */
+/** An Error about one field of the form (`setting`: its request name), which gets marked. */
+class FieldError extends Error {
+  constructor(message, setting) {
+    super(message);
+    this.setting = setting;
+  }
+}
+
+/** POST JSON; resolve with the reply, or throw a FieldError with the server's message,
+ *  the field it names (if any) and the HTTP status. */
 async function postJSON(url, body) {
   let response;
   try {
@@ -21,27 +33,17 @@ async function postJSON(url, body) {
   }
   const reply = await response.json().catch(() => ({}));
   if (!response.ok) {
-    const error = new Error(reply.error || `the server answered ${response.status}`);
+    const error = new FieldError(reply.error || `the server answered ${response.status}`,
+      reply.setting ?? null);
     error.status = response.status;
     throw error;
   }
   return reply;
 }
 
-/** "a whole number from 0 to 9" and the like, from a number input's attributes. */
-function rangeOf(input) {
-  const kind = input.step === "1" ? "a whole number" : "a number";
-  if (input.min !== "" && input.max !== "") return `${kind} from ${input.min} to ${input.max}`;
-  return input.min !== "" ? `${kind} of at least ${input.min}` : kind;
-}
-
-/** A number input's value; an empty one is null when `optional`, else a clear Error. */
-function readNumber(input, label, optional = false) {
-  const text = input.value.trim();
-  if (input.validity.badInput) throw new Error(`${label} is not a number: enter ${rangeOf(input)}.`);
-  if (text === "" && optional) return null;
-  if (text === "") throw new Error(`${label} is empty: enter ${rangeOf(input)}.`);
-  return Number(text);
+/** Make an element with properties: el("p", {className: "help", textContent: "…"}). */
+function el(tag, props = {}) {
+  return Object.assign(document.createElement(tag), props);
 }
 
 function showError(box, message) {
@@ -57,6 +59,36 @@ function showImage(img, src, zoom) {
   img.src = src;
 }
 
+/** "a whole number from 0 to 9", "a number between 0 and 1, not either end" and the like. */
+function rangeText({ type, min, max, exclusive }) {
+  const kind = type === "int" ? "a whole number" : "a number";
+  if (min !== null && max !== null) {
+    return exclusive ? `${kind} between ${min} and ${max}, not either end`
+      : `${kind} from ${min} to ${max}`;
+  }
+  if (min !== null) return exclusive ? `${kind} above ${min}` : `${kind} of ${min} or more`;
+  if (max !== null) return exclusive ? `${kind} below ${max}` : `${kind} of at most ${max}`;
+  return kind;
+}
+
+/** A number input's value, checked against `spec` (a setting's type and range); an empty
+ *  one is null when `optional`. Throws a FieldError in the words on screen. */
+function readNumber(input, spec, label, setting, optional = false) {
+  const text = input.value.trim();
+  const wanted = rangeText(spec);
+  if (input.validity.badInput) throw new FieldError(`${label} is not a number: enter ${wanted}.`, setting);
+  if (text === "" && optional) return null;
+  if (text === "") throw new FieldError(`${label} is empty: enter ${wanted}.`, setting);
+  const value = Number(text);
+  const { min, max, exclusive } = spec;
+  const below = min !== null && (exclusive ? value <= min : value < min);
+  const above = max !== null && (exclusive ? value >= max : value > max);
+  if (!Number.isFinite(value) || below || above || (spec.type === "int" && !Number.isInteger(value))) {
+    throw new FieldError(`${label} must be ${wanted}; got ${text}.`, setting);
+  }
+  return value;
+}
+
 function setupTabs() {
   const tabs = document.querySelectorAll('[role="tab"]');
   for (const tab of tabs) {
@@ -70,28 +102,32 @@ function setupTabs() {
   }
 }
 
-// ------------------------------------------------------------------ generate
+// ------------------------------------------------------------------ the form
 
-let running = null; // the job being sampled: {id, source, timeline}
-let shownTimeline = []; // frames {step, t, x_t, x0} of the result on screen
-let shownResult = null; // {done, stem} of the result on screen
-let clickedAt = 0;
-
-const SAMPLING_INPUTS = [
-  "sampler", "steps", "eta", "spacing", "start", "clip-x0", "guide", "guidance", "gi-low",
-  "gi-high", "reject-below",
-];
+const KIND_WORDS = {
+  class: "draws the digits you pick",
+  time: "chooses its own digits",
+};
+const controls = {}; // setting name -> {spec, field, inputs, get(), set(value)}
 let activePreset = null; // the preset whose settings the form holds, or null once edited
 
+const currentModel = () => $("model").value;
+/** The chosen model's kind (class or time), which sets its presets, form and guidance. */
+const currentKind = () => info.models[currentModel()];
+const modelPresets = () => info.presets[currentKind()] ?? {};
+
 function setupGenerateForm() {
+  const models = Object.entries(info.models); // the class model first: it takes digits
+  models.sort(([, a], [, b]) => (b === "class") - (a === "class"));
+  for (const [name, kind] of models) {
+    $("model").add(new Option(`${name}: ${KIND_WORDS[kind] ?? kind}`, name));
+  }
   for (let digit = 0; digit <= 9; digit++) {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.id = `digit-${digit}`;
-    button.textContent = digit;
+    const button = el("button", { type: "button", id: `digit-${digit}`, textContent: digit });
     button.setAttribute("aria-pressed", String(digit === 5));
     button.addEventListener("click", () => {
       button.setAttribute("aria-pressed", String(button.getAttribute("aria-pressed") !== "true"));
+      clearMark("digits");
     });
     $("digits").append(button);
   }
@@ -99,33 +135,18 @@ function setupGenerateForm() {
   $("digits-none").addEventListener("click", () => pressDigits(false));
   $("count").value = 1;
   $("count").max = info.max_digits;
-  $("count-help").textContent = `Range: ${rangeOf($("count"))}.`;
-  for (const sampler of info.samplers) $("sampler").add(new Option(sampler, sampler));
-  for (const spacing of info.spacings) $("spacing").add(new Option(spacing, spacing));
-  for (const start of info.starts) $("start").add(new Option(start, start));
-  $("guide").add(new Option("none", ""));
-  $("guide").add(new Option("weak twin", "weak"));
-  $("guide").addEventListener("change", enableGuidance);
-  $("steps").max = info.num_timesteps;
-  $("gi-low").max = info.num_timesteps - 1;
-  $("gi-high").max = info.num_timesteps;
+  $("count-help").textContent = `${rangeText(COUNT_SPEC())}.`;
   $("seed").max = info.seed_max;
-  $("seed").value = 0;
+  $("seed").title = `${rangeText(SEED_SPEC())}; empty with "new seed each time"`;
   $("seed").addEventListener("input", () => {
     $("seed-random").checked = false; // a seed typed in is the one to use
+    clearMark("seed");
   });
   for (const scale of info.download_scales) {
-    $("download-scale").add(new Option(`${scale}x`, scale, false, scale === "4"));
+    $("download-scale").add(new Option(`${scale}×`, scale, false, scale === "4"));
   }
-  setupPresets();
-  onModelChange(); // the browser may have restored the time model's radio on reload
-  $("sampler").addEventListener("change", () => {
-    onSamplerChange(info.default_steps[$("sampler").value]);
-  });
-  for (const id of SAMPLING_INPUTS) $(id).addEventListener("input", () => markPreset(null));
-  for (const radio of document.querySelectorAll('input[name="model"]')) {
-    radio.addEventListener("change", onModelChange);
-  }
+  buildSettings();
+  $("model").addEventListener("change", onModelChange);
   $("generate").addEventListener("click", generate);
   $("panel-generate").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && event.target.matches("input")) generate();
@@ -133,190 +154,326 @@ function setupGenerateForm() {
   $("stop").addEventListener("click", stop);
   $("scrubber").addEventListener("input", () => showFrame(shownTimeline[$("scrubber").value]));
   $("download-scale").addEventListener("change", updateDownloads);
+  activePreset = info.preset;
+  onModelChange();
 }
+
+const COUNT_SPEC = () => ({ type: "int", min: 1, max: info.max_digits, exclusive: false });
+const SEED_SPEC = () => ({ type: "int", min: 0, max: info.seed_max, exclusive: false });
 
 function pressDigits(pressed) {
   for (const button of $("digits").children) button.setAttribute("aria-pressed", String(pressed));
+  clearMark("digits");
 }
 
-const currentModel = () => document.querySelector('input[name="model"]:checked').value;
-/** The chosen model's kind (class or time), which sets its presets, form and guidance. */
-const currentKind = () => info.models[currentModel()];
-const modelPresets = () => info.presets[currentKind()];
-
-/** Preset buttons from the server's SamplingConfig presets, which differ per model (the
- *  time model has no classes to guide); the page starts from its own. */
-function setupPresets() {
-  const all = Object.keys(modelPresets());
-  for (const name of [info.preset, ...all.filter((n) => n !== info.preset)]) {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.id = `preset-${name}`;
-    button.textContent = name;
+/** The chosen model's presets as buttons, each with its one-sentence summary; switching
+ *  model keeps the chosen preset where the new model has it. */
+function onModelChange() {
+  const kind = currentKind();
+  $("digits-field").hidden = kind !== "class";
+  $("count-field").hidden = kind === "class";
+  const epochs = currentModel().match(/_e(\d+)$/);
+  $("model-help").textContent = kind === "class"
+    ? "Draws the digits you pick below."
+    : `Chooses its own digits; you pick how many.${epochs ? ` Trained ${epochs[1]} epochs.` : ""}`;
+  const presets = modelPresets();
+  const names = Object.keys(presets);
+  const order = names.includes(info.preset) ? [info.preset, ...names.filter((n) => n !== info.preset)] : names;
+  $("presets").replaceChildren();
+  for (const name of order) {
+    const button = el("button", { type: "button", id: `preset-${name}`, textContent: name });
     button.addEventListener("click", () => applyPreset(name));
-    $("presets").append(button);
+    const summary = el("span", { className: "summary", textContent: presets[name].summary });
+    const row = el("div", { className: "preset" });
+    row.append(button, summary);
+    $("presets").append(row);
   }
-  applyPreset(info.preset);
+  if (activePreset === null) refreshSettings();
+  else applyPreset(names.includes(activePreset) ? activePreset : order[0]);
 }
 
 function applyPreset(name) {
-  const preset = modelPresets()[name];
-  $("sampler").value = preset.sampler;
-  onSamplerChange(preset.steps ?? info.default_steps[preset.sampler]);
-  $("eta").value = preset.eta;
-  $("spacing").value = preset.spacing;
-  $("start").value = preset.start;
-  $("clip-x0").checked = preset.clip_x0;
-  $("reject-below").value = preset.reject_below ?? "";
-  $("guide").value = preset.guide ?? "";
-  enableGuidance();
-  $("guidance").value = preset.guidance_scale;
-  const [low, high] = preset.guidance_interval ?? ["", ""];
-  [$("gi-low").value, $("gi-high").value] = [low, high];
+  const values = modelPresets()[name].settings;
+  for (const [setting, control] of Object.entries(controls)) {
+    control.set(setting in values ? values[setting] : control.spec.default);
+    clearMark(setting);
+  }
+  refreshSettings();
   markPreset(name);
 }
 
 function markPreset(name) {
   activePreset = name;
-  const guided = currentKind() === "class";
-  for (const button of $("presets").children) {
-    const preset = button.id.slice("preset-".length);
-    button.setAttribute("aria-pressed", String(preset === name));
-    button.title = describeSampling(modelPresets()[preset], guided);
+  for (const row of $("presets").children) {
+    const button = row.querySelector("button");
+    button.setAttribute("aria-pressed", String(button.id === `preset-${name}`));
   }
-  $("preset-help").textContent = name
-    ? `${name}: ${describeSampling(modelPresets()[name], guided)}`
-    : "custom settings (a preset button restores its settings)";
+  $("preset-custom").hidden = name !== null;
 }
 
-/** The settings in words; γ is shown when `guided` (the class model) or a guide is set. */
-function describeSampling(s, guided = true) {
-  const steps = s.steps ?? info.default_steps[s.sampler];
-  const interval = s.guidance_interval ? ` for ${s.guidance_interval[0]} < t ≤ ${s.guidance_interval[1]}` : "";
-  const parts = [`${s.sampler}, ${steps} steps`];
-  if (s.eta) parts.push(`η = ${s.eta}`);
-  if (s.spacing !== "trailing") parts.push(`${s.spacing} spacing`);
-  const guide = s.guide ? ` away from the ${s.guide} twin` : "";
-  if (guided || s.guide) parts.push(`γ = ${s.guidance_scale}${interval}${guide}`);
-  if (s.start === "mean") parts.push("from the mean digit");
-  if (s.clip_x0) parts.push("x̂0 clipped");
-  if (s.reject_below) parts.push(`redrawn below p = ${s.reject_below}`);
-  return parts.join(", ");
+// ------------------------------------------------------------------ Advanced settings
+
+/** One field per setting the server describes (the seed has its own, beside Generate),
+ *  each with its help, what it accepts, and its papers as links at the end. */
+function buildSettings() {
+  for (const spec of info.settings) {
+    if (spec.name === "seed") continue;
+    const control = makeControl(spec);
+    controls[spec.name] = control;
+    const { field } = control;
+    field.append(el("p", { className: "help", textContent: helpText(spec) }));
+    if (spec.refs?.length) {
+      const refs = el("p", { className: "refs", textContent: "Read more: " });
+      spec.refs.forEach((ref, i) => {
+        if (i) refs.append("; ");
+        refs.append(el("a", { href: ref.url, textContent: ref.title, target: "_blank", rel: "noopener noreferrer" }));
+      });
+      field.append(refs);
+    }
+    for (const input of control.inputs) {
+      input.addEventListener(input.type === "checkbox" || input.tagName === "SELECT" ? "change" : "input", () => {
+        markPreset(null);
+        clearMark(spec.name);
+        if (spec.name === "sampler") onSamplerChange();
+        else refreshSettings();
+      });
+    }
+    $("settings").append(field);
+  }
 }
 
-/** A sampler with a fixed number of steps (ddpm: all T) shows it in a field that cannot be
- *  edited; η is enabled only for the samplers that take it. */
-function onSamplerChange(steps) {
-  const sampler = $("sampler").value;
-  const fixed = info.fixed_steps.includes(sampler);
-  $("steps").disabled = fixed;
-  $("steps").value = fixed ? info.num_timesteps : steps;
-  $("eta").disabled = !info.eta_samplers.includes(sampler);
-  if ($("eta").disabled) $("eta").value = 0;
-  $("spacing").disabled = !info.spacing_samplers.includes(sampler);
-  if ($("spacing").disabled) $("spacing").value = "trailing";
-  writeHelp();
+function helpText(spec) {
+  const parts = [spec.help.trim()];
+  if (["int", "float"].includes(spec.type)) {
+    const empty = spec.nullable ? `, or empty for ${spec.none_label ?? "none"}` : "";
+    parts.push(`Accepts ${rangeText(spec)}${empty}.`);
+  } else if (spec.type === "interval") {
+    const empty = spec.nullable ? `; both empty: ${spec.none_label ?? "none"}` : "";
+    const bounds = spec.min !== null && spec.max !== null ? ` from ${spec.min} to ${spec.max}` : "";
+    parts.push(`Accepts two whole numbers${bounds}, the first below the second${empty}.`);
+  }
+  if (spec.samplers) parts.push(`Used by the ${spec.samplers.join(" and ")} samplers only.`);
+  return parts.join(" ").replace(/\.\./g, ".");
 }
 
-/** Each control's help line: SamplingConfig's help text, then its range on this page. */
-function writeHelp() {
-  const T = info.num_timesteps;
-  const ranges = {
-    sampler: info.samplers.join(", "),
-    steps: $("steps").disabled ? `always ${T} for ${$("sampler").value}` : `1–${T}`,
-    eta: $("eta").disabled ? `${info.eta_samplers.join(" and ")} only` : "0–1",
-    spacing: $("spacing").disabled
-      ? `trailing only for ${$("sampler").value}`
-      : info.spacings.join(", "),
-    start: info.starts.join(", "),
-    clip_x0: "on or off",
-    guide: `none or weak; weak for ${info.weak_guides.join(" and ")}`,
-    guidance_scale: "0 or more; the recipe uses 5",
-    guidance_interval: `0–${T}; both empty: every step`,
-    reject_below: "above 0 and below 1; empty: keep every draw. The live view shows the first draw",
-    seed: `0–${info.seed_max}`,
+/** The control for one setting: its field, inputs, and how to read and fill it. */
+function makeControl(spec) {
+  const id = `set-${spec.name}`;
+  const field = el("div", { className: "field", id: `field-${spec.name}` });
+  const label = el("label", { htmlFor: id, textContent: spec.label });
+  field.append(label);
+  const fail = (message) => {
+    throw new FieldError(message, spec.name);
   };
-  for (const [name, range] of Object.entries(ranges)) {
-    $(`help-${name}`).textContent = `${info.help[name]}. Range: ${range}.`;
+  if (spec.type === "choice") {
+    const select = el("select", { id });
+    const values = new Map();
+    if (spec.nullable) values.set("", null);
+    for (const choice of spec.choices ?? []) values.set(String(choice), choice);
+    for (const [value, choice] of values) {
+      select.add(new Option(choice === null ? spec.none_label ?? "none" : value, value));
+    }
+    field.append(select);
+    return { spec, field, inputs: [select], get: () => values.get(select.value), set: (v) => {
+      select.value = v === null || v === undefined ? "" : String(v);
+    } };
+  }
+  if (spec.type === "bool") {
+    const box = el("input", { type: "checkbox", id });
+    field.append(box);
+    return { spec, field, inputs: [box], get: () => box.checked, set: (v) => {
+      box.checked = Boolean(v);
+    } };
+  }
+  if (spec.type === "interval") {
+    const ends = ["low", "high"].map((end) => numberInput(`${id}-${end}`, { ...spec, type: "int" }));
+    ends[0].setAttribute("aria-label", `${spec.label}: from`);
+    ends[1].setAttribute("aria-label", `${spec.label}: to`);
+    label.htmlFor = ends[0].id;
+    field.append(ends[0], " to ", ends[1]);
+    const get = () => {
+      const intSpec = { ...spec, type: "int" };
+      const [low, high] = ends.map((input) => readNumber(input, intSpec, spec.label, spec.name, true));
+      if (low === null && high === null && spec.nullable) return null;
+      if (low === null || high === null) fail(`Fill both ends of ${spec.label}, or neither (${spec.none_label ?? "none"}).`);
+      if (low >= high) fail(`${spec.label}: the first number must be below the second; got ${low} to ${high}.`);
+      return [low, high];
+    };
+    return { spec, field, inputs: ends, get, set: (v) => {
+      [ends[0].value, ends[1].value] = v ?? ["", ""];
+    } };
+  }
+  if (spec.type === "int" || spec.type === "float") {
+    const input = numberInput(id, spec);
+    if (spec.nullable) input.placeholder = spec.none_label ?? "none";
+    fitPlaceholder(input);
+    field.append(input);
+    return { spec, field, inputs: [input],
+      get: () => readNumber(input, spec, spec.label, spec.name, spec.nullable),
+      set: (v) => {
+        input.value = v ?? "";
+      } };
+  }
+  const text = el("input", { type: "text", id, placeholder: spec.nullable ? spec.none_label ?? "" : "" });
+  field.append(text);
+  return { spec, field, inputs: [text], get: () => {
+    const value = text.value.trim();
+    if (value === "" && !spec.nullable) fail(`${spec.label} is empty.`);
+    return value === "" ? null : value;
+  }, set: (v) => {
+    text.value = v ?? "";
+  } };
+}
+
+/** A number input with the setting's bounds as attributes, so the browser knows them too. */
+function numberInput(id, spec) {
+  const input = el("input", { type: "number", id, step: spec.type === "int" ? "1" : "any" });
+  if (spec.min !== null && spec.min !== undefined) input.min = spec.min;
+  if (spec.max !== null && spec.max !== undefined) input.max = spec.max;
+  return input;
+}
+
+/** Widen a number input so its placeholder ("keep every draw") is not cut. */
+function fitPlaceholder(input) {
+  if (input.placeholder) input.style.width = `${Math.max(6, input.placeholder.length + 4)}ch`;
+}
+
+/** Choosing another sampler resets the settings that belong to one sampler (as the
+ *  server's `replace` does), then enables what applies. */
+function onSamplerChange() {
+  for (const control of Object.values(controls)) {
+    if (control.spec.samplers) control.set(control.spec.default);
+  }
+  refreshSettings();
+}
+
+const sampler = () => controls.sampler?.get() ?? null;
+
+/** Whether the setting acts with the form as it stands; `why` says why not. Settings that
+ *  apply to some samplers only are off for the others; γ and its interval are off when
+ *  nothing is guided (a time model without its weak twin). */
+function applies(spec) {
+  if (spec.samplers && sampler() !== null && !spec.samplers.includes(sampler())) {
+    return { on: false, send: true };
+  }
+  const unguided = currentKind() !== "class" && controls.guide && controls.guide.get() === null;
+  if (["guidance_scale", "guidance_interval"].includes(spec.name) && unguided) {
+    return { on: false, send: false };
+  }
+  return { on: true, send: true };
+}
+
+/** Enable what applies; the weak twin is offered only for models that have one; the
+ *  steps field's placeholder shows the sampler's own number of steps. */
+function refreshSettings() {
+  const guide = controls.guide?.inputs[0];
+  if (guide) {
+    const hasTwin = info.weak_guides.includes(currentKind());
+    for (const option of guide.options) option.disabled = option.value !== "" && !hasTwin;
+    if (guide.selectedOptions[0]?.disabled) guide.value = "";
+  }
+  const steps = controls.steps?.inputs[0];
+  if (steps && info.default_steps?.[sampler()]) {
+    steps.placeholder = `${info.default_steps[sampler()]} (the sampler's own)`;
+    fitPlaceholder(steps);
+  }
+  for (const control of Object.values(controls)) {
+    const { on } = applies(control.spec);
+    for (const input of control.inputs) input.disabled = !on;
+    control.field.classList.toggle("off", !on);
   }
 }
 
-/** Switching model keeps the chosen preset, with the new model's settings for it. */
-function onModelChange() {
-  const timeModel = currentKind() === "time";
-  $("digits-field").hidden = timeModel;
-  $("count-field").hidden = !timeModel;
-  if (activePreset) applyPreset(activePreset);
-  else markPreset(null);
-  enableGuidance();
+// ------------------------------------------------------------------ marking a field
+
+/** The element that holds a request field: a setting's field, or the page's own. */
+function fieldFor(setting) {
+  const own = { digits: "digits-field", count: "count-field", model: "model-field", seed: "seed-field" };
+  return $(own[setting] ?? `field-${setting}`);
 }
 
-/** γ and its interval act when there is something to guide away from: the class model's
- *  unconditional branch, or a weak twin (the only guidance the time model has). */
-function enableGuidance() {
-  const kind = currentKind();
-  $("guide").disabled = !info.weak_guides.includes(kind);
-  if ($("guide").disabled) $("guide").value = "";
-  const guided = kind === "class" || Boolean($("guide").value);
-  for (const id of ["guidance", "gi-low", "gi-high"]) $(id).disabled = !guided;
+/** Mark the field at fault (opening Advanced when it is there) and bring it into view. */
+function markInvalid(setting) {
+  const field = setting ? fieldFor(setting) : null;
+  if (!field) return;
+  field.classList.add("invalid");
+  field.dataset.invalid = "1";
+  const inputs = field.querySelectorAll("input, select");
+  for (const input of inputs) input.setAttribute("aria-invalid", "true");
+  if (field.closest("#advanced")) $("advanced").open = true;
+  field.scrollIntoView({ block: "nearest" });
+  inputs[0]?.focus({ preventScroll: true });
 }
 
-/** The request for the form as it stands; throws an Error naming a blank or bad field.
- *  With "new seed each time" a fresh seed goes into the seed field first. */
+function clearMark(setting) {
+  const field = fieldFor(setting);
+  if (!field?.dataset.invalid) return;
+  field.classList.remove("invalid");
+  delete field.dataset.invalid;
+  for (const input of field.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+}
+
+function clearMarks() {
+  for (const field of document.querySelectorAll("[data-invalid]")) {
+    field.classList.remove("invalid");
+    delete field.dataset.invalid;
+  }
+  for (const input of document.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+}
+
+// ------------------------------------------------------------------ generate
+
+let running = null; // the job being sampled: {id, source, body, preset}
+let shownTimeline = []; // frames {label, x_t, x0} of the result on screen
+let shownResult = null; // {done, stem} of the result on screen
+let clickedAt = 0;
+
+/** The request for the form as it stands; throws a FieldError naming a blank or bad field.
+ *  With "new seed each time" a fresh seed is drawn (the field shows it once it is used). */
 function readGenerateForm() {
-  const model = currentModel();
-  const body = {
-    model,
-    sampler: $("sampler").value,
-    steps: $("steps").disabled ? null : readNumber($("steps"), "Steps"),
-    eta: $("eta").disabled ? 0 : readNumber($("eta"), "η"),
-    spacing: $("spacing").value,
-    start: $("start").value,
-    clip_x0: $("clip-x0").checked,
-    guide: $("guide").value || null,
-    reject_below: readNumber($("reject-below"), "Redraw below", true),
-  };
-  if (currentKind() === "time") {
-    body.count = readNumber($("count"), "How many images");
-  } else {
+  const body = { model: currentModel() };
+  for (const [name, control] of Object.entries(controls)) {
+    const { on, send } = applies(control.spec);
+    if (!send) continue;
+    body[name] = on ? control.get() : control.spec.default;
+  }
+  if (currentKind() === "class") {
     const pressed = $("digits").querySelectorAll('button[aria-pressed="true"]');
     body.digits = Array.from(pressed, (button) => Number(button.textContent));
+    if (body.digits.length === 0) throw new FieldError(`Pick 1 to ${info.max_digits} digits.`, "digits");
+  } else {
+    body.count = readNumber($("count"), COUNT_SPEC(), "How many images", "count");
   }
-  if (!$("guidance").disabled) {
-    body.guidance_scale = readNumber($("guidance"), "Guidance γ");
-    const low = readNumber($("gi-low"), "The guidance interval's lower end", true);
-    const high = readNumber($("gi-high"), "The guidance interval's upper end", true);
-    if ((low === null) !== (high === null)) {
-      throw new Error("Fill both ends of the guidance interval, or neither (every step).");
-    }
-    body.guidance_interval = low === null ? null : [low, high];
-  }
-  if ($("seed-random").checked) {
-    $("seed").value = crypto.getRandomValues(new Uint32Array(1))[0] % (info.seed_max + 1);
-  }
-  return { ...body, seed: readNumber($("seed"), "Seed") };
+  body.seed = $("seed-random").checked
+    ? crypto.getRandomValues(new Uint32Array(1))[0] % (info.seed_max + 1)
+    : readNumber($("seed"), SEED_SPEC(), "Seed", "seed");
+  return body;
 }
 
 async function generate() {
   if (running) return;
+  clearMarks();
   let body;
   try {
     body = readGenerateForm();
   } catch (err) {
     showError($("gen-error"), err.message);
+    markInvalid(err.setting);
     return;
   }
   showError($("gen-error"), "");
-  running = { id: null, source: null, timeline: [], numSteps: body.steps ?? info.num_timesteps };
+  running = { id: null, source: null, body, preset: activePreset, frames: 0 };
   setRunning(true);
-  setStatus("sending…");
+  $("result").hidden = true; // the previous result comes back if this run does not finish
+  $("live").hidden = true;
+  setStatus(`sending… (seed ${body.seed})`);
   clickedAt = performance.now();
   try {
     running.id = (await postJSON("/api/generate", body)).job;
     $("stop").hidden = false;
     follow(running);
   } catch (err) {
-    finish("failed", err.message);
+    finish("failed", err);
   }
 }
 
@@ -342,32 +499,64 @@ function follow(run) {
     });
   on("queued", (e) =>
     setStatus(e.ahead ? `waiting in line: ${e.ahead} ahead of you…` : "starting…"));
-  on("started", () => setStatus("sampling…"));
-  on("frame", (frame) => {
-    run.timeline.push(frame);
-    showTimeline(run.timeline);
-    setStatus(`step ${frame.step} of ${run.numSteps}, t = ${frame.t}`);
-  });
+  on("started", () => setStatus(`drawing with seed ${run.body.seed}…`));
+  on("frame", (frame) => showLiveFrame(run, frame));
   on("done", (done) => finish("done", done));
-  on("failed", (e) => finish("failed", e.message));
+  on("failed", (e) => finish("failed", new FieldError(e.message, e.setting ?? null)));
   on("cancelled", () => finish("cancelled"));
   source.onerror = () => {
-    if (running === run) finish("failed", "lost the connection to the server");
+    if (running === run) finish("failed", new Error("lost the connection to the server"));
   };
 }
 
-/** End the run: a result replaces the one on screen; otherwise that one stays, with its frames. */
+/** A step as it happens; a redraw (a digit the filter could not read, drawn again) is
+ *  pasted where it belongs and said so. */
+function showLiveFrame(run, frame) {
+  run.frames += 1;
+  $("live").hidden = false;
+  $("empty-hint").hidden = true;
+  const where = `step ${frame.step} of ${frame.num_steps} (t = ${frame.t})`;
+  const title = frame.draw
+    ? `Drawing ${slotsInWords(frame.slots, run.body)} again (try ${frame.draw + 1}): the filter could not read ${frame.slots.length > 1 ? "them" : "it"}`
+    : `Drawing with seed ${run.body.seed}…`;
+  $("live-title").textContent = title;
+  setStatus(frame.draw ? `redrawing: ${where}` : where);
+  showImage($("view-xt"), frame.x_t, 8);
+  showImage($("view-x0"), frame.x0, 8);
+  $("scrub-label").textContent = where;
+  $("scrubber").max = frame.num_steps;
+  $("scrubber").value = frame.step - 1;
+  if (run.frames === 1) $("live").scrollIntoView({ block: "nearest" });
+}
+
+/** "digit 2", "digits 2 and 9", "images 1 and 3": the batch positions `slots` in words. */
+function slotsInWords(slots, body) {
+  const names = body.digits ? slots.map((i) => body.digits[i]) : slots.map((i) => i + 1);
+  const noun = body.digits ? "digit" : "image";
+  return `${noun}${names.length > 1 ? "s" : ""} ${listInWords(names)}`;
+}
+
+function listInWords(items) {
+  return items.length > 1 ? `${items.slice(0, -1).join(", ")} and ${items[items.length - 1]}` : `${items[0]}`;
+}
+
+/** End the run: a result replaces the one on screen; otherwise that one comes back. */
 function finish(outcome, detail) {
   const run = running;
   running = null;
   run?.source?.close();
   if (outcome === "done") {
-    shownTimeline = run.timeline;
-    showResult(detail);
+    shownTimeline = detail.timeline;
+    showResult(detail, run);
   } else {
-    showError($("gen-error"), outcome === "failed" ? detail : "");
-    setStatus(outcome === "cancelled" ? "stopped; the last result stays on screen" : "");
+    $("result").hidden = !shownResult;
+    const error = outcome === "failed" ? detail : null;
+    showError($("gen-error"), error?.message);
+    markInvalid(error?.setting);
+    setStatus(outcome === "cancelled"
+      ? `stopped${shownResult ? "; the last result is back on screen" : ""}` : "");
   }
+  $("live-title").textContent = "How it was drawn: slide along the timeline";
   showTimeline(shownTimeline);
   setRunning(false);
 }
@@ -379,7 +568,7 @@ function setRunning(on) {
   $("scrubber").disabled = on || shownTimeline.length < 2;
 }
 
-/** Show `timeline` at its last frame, the slider at that frame (nothing when it is empty). */
+/** Show `timeline` at its last frame (the final image), the slider there too. */
 function showTimeline(timeline) {
   $("live").hidden = timeline.length === 0;
   $("empty-hint").hidden = timeline.length > 0 || !$("result").hidden;
@@ -393,51 +582,72 @@ function showTimeline(timeline) {
 function showFrame(frame) {
   showImage($("view-xt"), frame.x_t, 8);
   showImage($("view-x0"), frame.x0, 8);
-  $("scrub-t").textContent = `t = ${frame.t}`;
-  $("scrub-step").textContent = `step ${frame.step}`;
+  $("scrub-label").textContent = frame.label;
 }
 
 function setStatus(text) {
   $("gen-status").textContent = text;
 }
 
-function showResult(done) {
+function showResult(done, run) {
   const final = $("final");
   final.onload = () => {
     const seconds = (performance.now() - clickedAt) / 1000;
-    final.style.width = `${final.naturalWidth * 10}px`;
+    final.style.width = `${final.naturalWidth * info.page_zoom}px`;
     final.dataset.seconds = seconds.toFixed(2);
     final.dataset.version = Number(final.dataset.version || 0) + 1;
-    setStatus(`done in ${seconds.toFixed(1)} s (sampling ${done.seconds.toFixed(1)} s)`);
+    setStatus(`done in ${seconds.toFixed(1)} s`);
+    $("result").scrollIntoView({ block: "nearest" });
   };
   final.src = done.final;
-  $("result-caption").textContent = describeResult(done.settings);
-  shownResult = { done, stem: fileStem(done.settings) };
+  const settings = done.settings;
+  $("seed").value = settings.seed; // the seed this result used
+  $("result-caption").textContent = describeResult(settings, run.preset, done.redrawn ?? []);
+  $("result-details").textContent = exactSettings(settings);
+  shownResult = { done, stem: fileStem(settings, run.preset) };
   updateDownloads();
   $("result").hidden = false;
   $("empty-hint").hidden = true;
 }
 
-function describeResult(s) {
+/** The result in plain words: what, by which model, how, which seed, what was redrawn. */
+function describeResult(s, preset, redrawn) {
   const classes = info.models[s.model] === "class";
   const what = classes
-    ? `digit${s.digits.length > 1 ? "s" : ""} ${s.digits.join(" ")}`
-    : `${s.count} image${s.count > 1 ? "s" : ""} from the ${s.model} model`;
-  return `${what}, ${describeSampling(s, classes)}, seed ${s.seed}`;
+    ? `The digit${s.digits.length > 1 ? "s" : ""} ${listInWords(s.digits)}, drawn by the ${s.model} model`
+    : `${s.count} image${s.count > 1 ? "s" : ""} drawn by the ${s.model} model, which chooses the digits`;
+  const how = preset ? `with the ${preset} preset` : "with custom settings";
+  let text = `${what} ${how}, seed ${s.seed}.`;
+  if (redrawn.length) {
+    const they = redrawn.length > 1 ? "they were" : "it was";
+    text += ` The filter could not read ${slotsInWords(redrawn, s)} at first, so ${they} drawn again.`;
+  }
+  return text;
 }
 
-/** The settings as a file name: class_d5_g5_gi30-180_dpmpp20_seed42 and the like. */
-function fileStem(s) {
+/** Every setting the result used, by its label: "Sampler: dpmpp · Steps: 20 · …". */
+function exactSettings(s) {
+  const shown = (spec, v) => {
+    if (v === null || v === undefined) return spec.none_label ?? "none";
+    if (typeof v === "boolean") return v ? "on" : "off";
+    return Array.isArray(v) ? v.join(" to ") : String(v);
+  };
+  return info.settings.filter((spec) => spec.name in s)
+    .map((spec) => `${spec.label}: ${shown(spec, s[spec.name])}`).join(" · ");
+}
+
+/** The result as a file name: class_d5_fast_seed42, or the settings that differ from
+ *  their defaults when they are custom. */
+function fileStem(s, preset) {
   const classes = info.models[s.model] === "class";
-  let what = classes ? `${s.model}_d${s.digits.join("")}` : `${s.model}_n${s.count}`;
-  if (classes || s.guide) {
-    what += `_g${s.guidance_scale}${s.guide ? `_${s.guide}` : ""}`;
-    if (s.guidance_interval) what += `_gi${s.guidance_interval.join("-")}`;
+  const what = classes ? `${s.model}_d${s.digits.join("")}` : `${s.model}_n${s.count}`;
+  let how = preset;
+  if (!how) {
+    const changed = info.settings.filter((spec) => spec.name !== "seed" && spec.name in s
+      && JSON.stringify(s[spec.name]) !== JSON.stringify(spec.default));
+    how = changed.map((spec) => `${spec.name}-${[s[spec.name]].flat().join("-")}`).join("_") || "defaults";
   }
-  const start = `${s.start === "mean" ? "_mean" : ""}${s.clip_x0 ? "_clip" : ""}${
-    s.reject_below ? `_redraw${s.reject_below}` : ""}`;
-  const noise = `${s.eta ? `_eta${s.eta}` : ""}${s.spacing === "trailing" ? "" : `_${s.spacing}`}`;
-  return `${what}_${s.sampler}${s.steps}${noise}${start}_seed${s.seed}`;
+  return `${what}_${how}_seed${s.seed}`.replace(/[^A-Za-z0-9._-]/g, "");
 }
 
 function updateDownloads() {
@@ -460,9 +670,9 @@ function setupDenoiser() {
   $("trained-sigma").textContent = info.trained_sigma;
   $("sigma").max = info.max_sigma;
   $("sigma").value = info.trained_sigma;
-  $("sigma-help").textContent = `Range: 0 to ${info.max_sigma}; New noise draws another ε.`;
+  $("sigma-help").textContent = `From 0 to ${info.max_sigma}; New noise draws another ε.`;
   $("test-index").max = Math.max(info.test_digits - 1, 0);
-  $("test-help").textContent = `Range: ${rangeOf($("test-index"))}.`;
+  $("test-help").textContent = `${rangeText({ type: "int", min: 0, max: Number($("test-index").max), exclusive: false })}.`;
   if (info.test_digits === 0) {
     const note = $("test-note");
     note.textContent = info.test_note;
@@ -510,7 +720,10 @@ function showSigma() {
 /** The request for the denoiser, or null for an empty drawing pad; throws on a bad index. */
 function readDenoiseForm() {
   const common = { sigma: Number($("sigma").value), seed: noiseSeed };
-  if (!drawing()) return { ...common, source: "test", index: readNumber($("test-index"), "Index") };
+  if (!drawing()) {
+    const spec = { type: "int", min: 0, max: Number($("test-index").max), exclusive: false };
+    return { ...common, source: "test", index: readNumber($("test-index"), spec, "Index", "index") };
+  }
   return padHasInk ? { ...common, source: "canvas", pixels: padPixels() } : null;
 }
 
@@ -525,14 +738,14 @@ async function requestDenoise() {
   try {
     const body = readDenoiseForm();
     if (body === null) {
-      clearDenoised();
+      clearDenoised(true);
       $("dn-status").textContent = "Draw a digit in the box.";
     } else {
       showDenoised(await postDenoise(body));
     }
     showError($("dn-error"), "");
   } catch (err) {
-    clearDenoised();
+    clearDenoised(false);
     showError($("dn-error"), err.message);
   } finally {
     denoiseBusy = false;
@@ -558,9 +771,12 @@ async function postDenoise(body) {
   }
 }
 
-function clearDenoised() {
+/** No images: the empty state explains what will appear (`empty`), or nothing (an error). */
+function clearDenoised(empty) {
   for (const name of ["clean", "noisy", "denoised"]) $(`dn-${name}`).removeAttribute("src");
   $("test-label").textContent = "";
+  $("dn-views").hidden = true;
+  $("dn-empty").hidden = !empty;
 }
 
 async function showDenoised(reply) {
@@ -569,6 +785,8 @@ async function showDenoised(reply) {
     img.src = reply[img.id.slice(3)];
     img.style.width = "196px";
   }
+  $("dn-views").hidden = false;
+  $("dn-empty").hidden = true;
   $("test-label").textContent = reply.label === null ? "" : `labelled ${reply.label}`;
   await Promise.all(images.map((img) => img.decode()));
   const denoised = $("dn-denoised");
