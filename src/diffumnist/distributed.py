@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from diffumnist.config import ConfigError
+from diffumnist.launcher import launched_by_torchrun
 from diffumnist.runtime import resolve_device
 
 
@@ -83,11 +84,6 @@ def current_world() -> World:
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size())
     return SINGLE_PROCESS
-
-
-def launched_by_torchrun() -> bool:
-    """True when torchrun (or `--nproc`) started this process as one of several ranks."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def check_gpus_for(nproc: int) -> None:

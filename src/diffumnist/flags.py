@@ -9,28 +9,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import numpy as np
-import torch
-
 from diffumnist.config import ConfigError, TrainConfig
-from diffumnist.runtime import resolve_precision
-from diffumnist.sampling import (
-    PRESET_NAMES,
-    PRESET_SUMMARIES,
-    SEED_RANGE,
-    SETTING_NAMES,
-    SETTINGS,
-    SamplingConfig,
-    from_preset,
-)
 from diffumnist.sampling.declarations import Setting, read_settings
+from diffumnist.sampling.presets import PRESET_NAMES, PRESET_SUMMARIES, from_preset
+from diffumnist.sampling.settings import SEED_RANGE, SETTING_NAMES, SETTINGS, SamplingConfig
 
 _FLAG_TYPES = {"int": int, "float": float}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+# `train NAME` for the two classifiers, named as their shipped files, and the role each
+# trains (classifier.ROLES; a test checks that the two agree).
+CLASSIFIER_COMMANDS = {"classifier": "judge", "filter": "filter"}
 DEVICE_HELP = "where to run: auto = a CUDA GPU when there is one, else the CPU"
 
 
@@ -78,6 +71,29 @@ def positive_int(text: str) -> int:
     return value
 
 
+def count_int(high: int) -> Callable[[str], int]:
+    """A flag type for a count: a whole number from 1 to `high`, bounded when parsed so that
+    no later arithmetic sees an absurd one."""
+
+    def count(text: str) -> int:
+        value = positive_int(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,}, got {text!r}")
+        return value
+
+    return count
+
+
+def port_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}")
+    return value
+
+
 def seed_int(text: str) -> int:
     try:
         value = int(text)
@@ -95,7 +111,7 @@ def finite_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not np.isfinite(value):
+    if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
 
@@ -201,12 +217,10 @@ def add_sampling_flags(
         group.add_argument("--" + spec.name.replace("_", "-"), **kwargs)
 
 
-def sampling_config(args: argparse.Namespace, device: torch.device, kind: str) -> SamplingConfig:
-    """The flags' SamplingConfig for a model of `kind`, its precision resolved for `device`
-    (so it can be shown)."""
+def sampling_config(args: argparse.Namespace, kind: str) -> SamplingConfig:
+    """The flags' SamplingConfig for a model of `kind`: the preset, then the flags given."""
     given = {name: value for name, value in vars(args).items() if name in SETTING_NAMES}
-    config = from_preset(args.preset, kind, **given)
-    return config.replace(precision=resolve_precision(config.precision, device))
+    return from_preset(args.preset, kind, **given)
 
 
 def add_nproc_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -215,6 +229,6 @@ def add_nproc_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 def version_text() -> str:
     try:
-        return f"diffumnist {version('diffumnist')} (torch {torch.__version__})"
+        return f"diffumnist {version('diffumnist')} (torch {version('torch')})"
     except PackageNotFoundError:  # run from a source tree that was never installed
-        return f"diffumnist (not installed; torch {torch.__version__})"
+        return "diffumnist (not installed)"

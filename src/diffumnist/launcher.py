@@ -3,7 +3,7 @@
 It calls torchrun's own launcher (`torch.distributed.run`) in-process rather than a
 subprocess, to turn its failures into one line. That uses torchrun internals
 (`parse_args`, `run`, the elastic error types), which can change between torch releases:
-tests/test_distributed.py pins the torch version this was checked against
+tests/system/test_distributed.py pins the torch version this was checked against
 (`CHECKED_WITH_TORCH`): a new torch release fails that test until someone has re-read them.
 """
 
@@ -17,6 +17,11 @@ from collections.abc import Sequence
 from diffumnist.config import ConfigError
 
 CHECKED_WITH_TORCH = "2.14"  # major.minor whose torchrun internals `launch` was checked against
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or `--nproc`) started this process as one of several ranks."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 class WorkerFailed(RuntimeError):

@@ -11,29 +11,33 @@ how it measures.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from diffumnist.checkpoint import shipped_weights
-from diffumnist.config import check_choice
-from diffumnist.kinds import KIND_NAMES, KINDS
-from diffumnist.models import Denoiser, DiffusionModel, load
+from diffumnist.config import KIND_NAMES, check_choice
+
+if TYPE_CHECKING:
+    from diffumnist.models import Denoiser, DiffusionModel
 
 # Weights beyond the recipe, by name, with the kind each is (whose presets and weak twin it
 # takes): "time_e34" is the time model's recipe run trained on to 34 epochs.
 BEYOND_RECIPE: dict[str, str] = {"time_e34": "time"}
 PRETRAINED_NAMES: tuple[str, ...] = (*KIND_NAMES, *BEYOND_RECIPE)
 # The shipped models that sample (all but the denoiser), by name, with their kinds.
-SAMPLING_MODELS: dict[str, str] = {
-    **{name: name for name, kind in KINDS.items() if kind.samples},
-    **BEYOND_RECIPE,
-}
+# (kinds.KINDS[kind].samples; named here so the CLI needs no torch to list them, and a test
+# checks that the two agree)
+SAMPLING_MODELS: dict[str, str] = {"time": "time", "class": "class", **BEYOND_RECIPE}
 
 
 def pretrained_path(name: str) -> Path:
     """Where the shipped model called `name` (PRETRAINED_NAMES) lives."""
+    from diffumnist.checkpoint import shipped_weights
+
     check_choice("pretrained model", name, PRETRAINED_NAMES)
     return shipped_weights(name)
 
 
 def load_pretrained(name: str = "class") -> DiffusionModel | Denoiser:
     """The shipped model called `name` (PRETRAINED_NAMES), on the CPU, in eval mode."""
+    from diffumnist.models import load
+
     return load(pretrained_path(name))

@@ -16,10 +16,6 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-# File name endings a grid can be written as, and Pillow's name for each format.
-IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".bmp": "bmp",
-                 ".tif": "tiff", ".tiff": "tiff"}  # fmt: skip
-
 
 def save_grid(
     images: torch.Tensor,

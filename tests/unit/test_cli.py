@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import select
+import struct
 import subprocess
 import sys
+import termios
 
 import numpy as np
 import pytest
@@ -38,6 +43,8 @@ def test_sample_writes_grid_gif_and_npz(tmp_path, class_ckpt):
         str(tmp_path / "s.npz"),
         "--device",
         "cpu",
+        "--preset",
+        "recipe",
     ]
     assert main(argv) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
@@ -214,10 +221,11 @@ def test_every_help_shows_defaults(capsys, command):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default:" in text
-    if command in ("sample", "eval"):
-        assert "--preset {recipe,fast,best}" in text and "(default: recipe)" in text
+    if command in ("sample", "eval"):  # sample starts where the page does; eval at the recipe
+        default = "fast" if command == "sample" else "recipe"
+        assert "--preset {recipe,fast,best}" in text and f"(default: {default})" in text
         assert "default: all T" not in text  # ddpm takes all T; ddim and dpmpp their own default
-        assert "LO < t <= HI" in text  # the guidance interval says its unit
+        assert "(LO, HI]" in text  # the guidance interval says its unit
 
 
 def test_sample_offers_only_models_that_sample(capsys, denoiser_ckpt, tmp_path):
@@ -327,9 +335,9 @@ def test_the_time_model_gets_its_own_preset(capsys, make_checkpoint, tmp_path):
         f"sampling: dpmpp 4 steps, γ = 1.5 for 5 < t <= 10 from the {guide} guide, η = 1, "
         "logsnr spacing, from the mean"
     )
-    assert main([*argv, "--guide", "none"]) == 0  # no guide: nothing for γ to act on
-    said = capsys.readouterr().out.splitlines()[1]
-    assert said.startswith("sampling: dpmpp 4 steps, η = 1, logsnr spacing, from the mean "), said
+    assert main([*argv, "--guide", "none"]) == 2  # no guide: nothing for γ to act on, refused
+    err = capsys.readouterr().err
+    assert "--guidance-interval needs a guide for the time model" in err and err.count("\n") == 1
     # the preset's shipped weak twin guides only models of its T (300): one line, exit 2
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -343,3 +351,63 @@ def test_bad_guidance_intervals_are_one_line_and_exit_2(capsys, class_ckpt, tmp_
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "guidance" in err and not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sample", "clas"], "shipped model (denoiser, time, class, time_e34)"),
+        (["sample", "--out", "/proc/x.png"], "cannot write /proc/x.png"),
+        (["sample", "--gif", "/proc/g.gif"], "cannot write /proc/g.gif"),
+        (["sample", "--npz", "n.txt"], "--npz n.txt: the name must end in .npz"),
+        (["sample", "--per-digit", "9223372036854775808"], "--per-digit: must be at most"),
+        (["sample", "--guidance-scale", "-1"], "guidance_scale must be at least 0"),
+        (["ui", "--port", "99999"], "--port: must be a port number 1-65535"),
+    ],
+)
+def test_mistakes_are_one_line_before_torch_is_imported(argv, message):
+    """Each mistake is one line and exit 2, found before any heavy import (so at once)."""
+    code = (
+        "import sys\nfrom diffumnist.cli import main\ncode = main(sys.argv[1:])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "flags", "message"),
+    [
+        ("time", ["--digits", "3"], "--digits does not apply to the time model"),
+        ("class", ["--n", "5"], "--n does not apply to the class model"),
+        ("time", ["--guidance-scale", "3", "--preset", "recipe"], "needs a guide"),
+    ],
+)
+def test_settings_a_model_would_ignore_are_refused(capsys, make_checkpoint, kind, flags, message):
+    ckpt = make_checkpoint(kind, hidden_dim=4, num_timesteps=5)
+    assert main(["sample", str(ckpt), "--out", "/tmp/never.png", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_sample_shows_progress_on_a_terminal(class_ckpt, tmp_path):
+    """With stderr on a (pseudo-)terminal the sampler's steps show as a tqdm bar there."""
+    primary, secondary = os.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    argv = [sys.executable, "-m", "diffumnist", "sample", str(class_ckpt), "--digits", "1",
+            "--per-digit", "1", "--preset", "recipe", "--out", str(tmp_path / "g.png")]  # fmt: skip
+    done = subprocess.run(argv, stderr=secondary, stdout=subprocess.PIPE, timeout=300)
+    os.close(secondary)
+    seen = b""
+    while select.select([primary], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(primary)
+    assert done.returncode == 0
+    assert b"sampling" in seen and b"10/10" in seen, seen[-400:]

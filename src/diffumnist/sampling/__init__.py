@@ -10,19 +10,13 @@
 Modules import downwards in that order from the bottom (settings) up (pipeline).
 """
 
-from diffumnist.sampling.guidance import make_eps_fn, network_evaluations
-from diffumnist.sampling.pipeline import (
-    MAX_SAMPLES_PER_CALL,
-    WEAK_GUIDE,
-    generate,
-    image_size,
-    load_guide,
-    mean_images,
-)
+import importlib
+
 from diffumnist.sampling.presets import PRESET_NAMES, PRESET_SUMMARIES, PRESETS, from_preset
 from diffumnist.sampling.settings import (
     DEFAULT_STEPS,
     MAX_DRAWS,
+    MAX_SAMPLES_PER_CALL,
     NOT_GIVEN,
     SAMPLER_NAMES,
     SEED_RANGE,
@@ -33,24 +27,26 @@ from diffumnist.sampling.settings import (
     SpacingName,
     StartName,
 )
-from diffumnist.sampling.solvers import (
-    SAMPLERS,
-    EpsFn,
-    Solver,
-    StepCallback,
-    StepInfo,
-    ddim_sample,
-    ddpm_sample,
-    dpmpp_sample,
-    get_sampler,
-)
-from diffumnist.sampling.timesteps import (
-    all_timesteps,
-    logsnr_timesteps,
-    sampler_timesteps,
-    trailing_timesteps,
-    visited_timesteps,
-)
+
+# The modules that need torch load on first use, so the CLI reads its arguments without it.
+_LAZY = {
+    "make_eps_fn": "guidance", "network_evaluations": "guidance",
+    "WEAK_GUIDE": "pipeline", "generate": "pipeline", "image_size": "pipeline",
+    "load_guide": "pipeline", "mean_images": "pipeline",
+    "SAMPLERS": "solvers", "EpsFn": "solvers", "Solver": "solvers", "StepCallback": "solvers",
+    "StepInfo": "solvers", "ddim_sample": "solvers", "ddpm_sample": "solvers",
+    "dpmpp_sample": "solvers", "get_sampler": "solvers",
+    "all_timesteps": "timesteps", "logsnr_timesteps": "timesteps",
+    "sampler_timesteps": "timesteps", "trailing_timesteps": "timesteps",
+    "visited_timesteps": "timesteps",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'diffumnist.sampling' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"diffumnist.sampling.{_LAZY[name]}"), name)
+
 
 __all__ = [
     "DEFAULT_STEPS", "MAX_DRAWS", "MAX_SAMPLES_PER_CALL", "NOT_GIVEN", "PRESETS", "PRESET_NAMES",

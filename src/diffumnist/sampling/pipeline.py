@@ -36,14 +36,13 @@ from diffumnist.inference import inference_net
 from diffumnist.kinds import load_net
 from diffumnist.runtime import autocast, resolve_precision
 from diffumnist.sampling.guidance import make_eps_fn
-from diffumnist.sampling.settings import MAX_DRAWS, SamplingConfig
+from diffumnist.sampling.settings import MAX_DRAWS, MAX_SAMPLES_PER_CALL, SamplingConfig
 from diffumnist.sampling.solvers import StepCallback, StepInfo, get_sampler
 from diffumnist.sampling.timesteps import visited_timesteps
 
 if TYPE_CHECKING:
     from diffumnist.models import DiffusionModel
 
-MAX_SAMPLES_PER_CALL = 10_000
 # `guide="weak"`: the shipped weights/<kind>_weak.safetensors (MODEL_CARD: how it was made).
 WEAK_GUIDE = "weak"
 # The animation is kept in memory as uint8; past this a request must take fewer frames.

@@ -35,6 +35,7 @@ DEFAULT_STEPS: dict[str, int] = {"ddim": 50, "dpmpp": 20}
 MAX_DRAWS = 10
 # Evaluation derives per-batch seeds as seed * 1_000_003 + batch: far inside 64 bits.
 SEED_RANGE = range(2**32)
+MAX_SAMPLES_PER_CALL = 10_000  # 28x28 tiles per sampling call (memory)
 FAST_SAMPLERS = ("ddim", "dpmpp")
 
 
@@ -236,12 +237,14 @@ class SamplingConfig:
                 parts[-1] += " for {} < t <= {}".format(*self.guidance_interval)
             if self.guide is not None:
                 parts[-1] += f" from the {self.guide} guide"
-        composed = {"sampler", "steps", "guidance_scale", "guidance_interval", "guide", "seed"}
+        composed = {"sampler", "steps", "guidance_scale", "guidance_interval", "guide"}
         for spec in SETTINGS:
             value = getattr(self, spec.name)
-            if spec.name not in composed and value != spec.default:
+            if spec.name == "seed" and with_seed:
                 parts.append(spec.shown(value))
-        return ", ".join(parts + ([f"seed {self.seed}"] if with_seed else []))
+            elif spec.name not in composed | {"seed"} and value != spec.default:
+                parts.append(spec.shown(value))
+        return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
