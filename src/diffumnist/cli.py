@@ -34,7 +34,7 @@ from diffumnist.flags import (
 )
 from diffumnist.launcher import WorkerFailed, launched_by_torchrun
 from diffumnist.pretrained import PRETRAINED_NAMES, SAMPLING_MODELS
-from diffumnist.sampling.settings import MAX_SAMPLES_PER_CALL
+from diffumnist.sampling.limits import MAX_SAMPLES_PER_CALL
 
 MAX_SCALE = 32  # grid pixels per pixel: 10k digits at 32x would be gigapixels already
 MAX_EVAL_SAMPLES = 1_000_000

@@ -5,6 +5,7 @@
 - timesteps: where the steps fall (trailing, log-SNR), as data;
 - solvers: ddpm, ddim and dpmpp, taking the timesteps, each with only its own knobs;
 - guidance: classifier-free guidance, autoguidance, the interval, x̂0 clipping, NFE counts;
+- limits: what one call may ask for (image size, samples, animation memory);
 - pipeline: x_T, the guide, precision, frames and rejection around a solver.
 
 Modules import downwards in that order from the bottom (settings) up (pipeline).
@@ -12,12 +13,12 @@ Modules import downwards in that order from the bottom (settings) up (pipeline).
 
 import importlib
 
+from diffumnist.sampling.declarations import NOT_GIVEN
+from diffumnist.sampling.limits import MAX_SAMPLES_PER_CALL
 from diffumnist.sampling.presets import PRESET_NAMES, PRESET_SUMMARIES, PRESETS, from_preset
 from diffumnist.sampling.settings import (
     DEFAULT_STEPS,
     MAX_DRAWS,
-    MAX_SAMPLES_PER_CALL,
-    NOT_GIVEN,
     SAMPLER_NAMES,
     SEED_RANGE,
     SETTING_NAMES,
@@ -31,7 +32,7 @@ from diffumnist.sampling.settings import (
 # The modules that need torch load on first use, so the CLI reads its arguments without it.
 _LAZY = {
     "make_eps_fn": "guidance", "network_evaluations": "guidance",
-    "WEAK_GUIDE": "pipeline", "generate": "pipeline", "image_size": "pipeline",
+    "WEAK_GUIDE": "pipeline", "generate": "pipeline", "image_size": "limits",
     "load_guide": "pipeline", "mean_images": "pipeline",
     "SAMPLERS": "solvers", "EpsFn": "solvers", "Solver": "solvers", "StepCallback": "solvers",
     "StepInfo": "solvers", "ddim_sample": "solvers", "ddpm_sample": "solvers",

@@ -19,6 +19,16 @@ from typing import Any, Literal, get_args, get_origin
 from diffumnist.config import ConfigError, check_choice, is_integer, is_number
 
 
+class _NotGiven:
+    """The one sentinel for "not given": the preset's value stands."""
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Any = _NotGiven()
+
+
 @dataclass(frozen=True)
 class Setting:
     """One field of SamplingConfig, read from its declaration: what every surface needs."""

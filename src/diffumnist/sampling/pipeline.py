@@ -5,20 +5,16 @@ loads the guide, draws x_T (from noise, or over the mean digit), wraps the netwo
 guidance, runs the solver in the chosen precision while it records the frames, refuses a
 diverged result, and redraws what the filter cannot read (rejection sampling).
 
-Where sampling starts: the recipe draws x_T ~ N(0, I), but its schedule ends at ᾱ_T = 0.048,
-so the forward process leaves √ᾱ_T = 0.22 of the image in x_T ("signal leak", Everaert
-et al. 2024; Lin et al. 2024 fix it by retraining with zero terminal SNR). Stochastic
-steps forget the mismatch; a deterministic solver carries it into every image. `start="mean"`
-draws x_T = √ᾱ_T·μ + √(1 − ᾱ_T)·z instead, μ the mean MNIST training image of the requested
-digit (of all digits for the time model): the forward process from the Gaussian closest to
-the data (ᾱ_T·Cov(x0) adds under 1 % to the variance and is left out).
+Where sampling starts (`start="mean"`): the recipe's schedule ends at ᾱ_T = 0.048, so x_T
+keeps √ᾱ_T = 0.22 of the image ("signal leak", Everaert et al. 2024); x_T = √ᾱ_T·μ +
+√(1 − ᾱ_T)·z from μ, the digit's mean training image, is the forward process from the
+Gaussian closest to the data (docs/quality.md measures it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +26,14 @@ from torch import nn
 
 from diffumnist.checkpoint import CheckpointError, load_checkpoint, shipped_weights
 from diffumnist.classifier import filter_confidence
-from diffumnist.config import ConfigError, ModelConfig, is_integer
+from diffumnist.config import ConfigError, ModelConfig
 from diffumnist.data import shipped_mean_images, to_uint8
 from diffumnist.inference import inference_net
 from diffumnist.kinds import load_net
 from diffumnist.runtime import autocast, resolve_precision
 from diffumnist.sampling.guidance import make_eps_fn
-from diffumnist.sampling.settings import MAX_DRAWS, MAX_SAMPLES_PER_CALL, SamplingConfig
+from diffumnist.sampling.limits import check_memory, image_size
+from diffumnist.sampling.settings import MAX_DRAWS, SamplingConfig
 from diffumnist.sampling.solvers import StepCallback, StepInfo, get_sampler
 from diffumnist.sampling.timesteps import visited_timesteps
 
@@ -45,40 +42,6 @@ if TYPE_CHECKING:
 
 # `guide="weak"`: the shipped weights/<kind>_weak.safetensors (MODEL_CARD: how it was made).
 WEAK_GUIDE = "weak"
-# The animation is kept in memory as uint8; past this a request must take fewer frames.
-MAX_FRAME_BYTES = 2**30
-
-
-def image_size(img_wh: object) -> tuple[int, int]:
-    """(width, height) checked to be two whole multiples of 28 (the UNet's 7x7 bottleneck)."""
-    try:
-        width, height = img_wh  # type: ignore[misc]
-    except (TypeError, ValueError):
-        raise ConfigError(f"img_wh must be a (width, height) pair; got {img_wh!r}") from None
-    if not (is_integer(width) and is_integer(height)):
-        raise ConfigError(f"img_wh must be whole numbers; got {img_wh!r}")
-    width, height = operator.index(width), operator.index(height)
-    if width < 28 or height < 28 or width % 28 or height % 28:
-        raise ConfigError(f"img_wh must be multiples of 28 (the UNet's 7x7 bottleneck): {img_wh}")
-    return width, height
-
-
-def _check_memory(count: int, size: tuple[int, int], num_steps: int, frame_every: int) -> None:
-    """Refuse requests whose samples or animation would not fit; before any work."""
-    tiles = count * (size[0] // 28) * (size[1] // 28)  # larger images mean fewer samples
-    if tiles > MAX_SAMPLES_PER_CALL:
-        raise ConfigError(
-            f"at most {MAX_SAMPLES_PER_CALL} samples of 28x28 per call (fewer when larger); "
-            f"got {count} of {size[0]}x{size[1]}"
-        )
-    if not is_integer(frame_every) or frame_every < 1:
-        raise ConfigError(f"frame_every must be an integer >= 1; got {frame_every!r}")
-    frame_bytes = (num_steps // frame_every + 2) * tiles * 28 * 28
-    if frame_bytes > MAX_FRAME_BYTES:
-        raise ConfigError(
-            f"the animation would take {frame_bytes / 2**30:.1f} GiB; ask for fewer "
-            f"samples or a larger frame_every (at most {MAX_FRAME_BYTES / 2**30:.0f} GiB)"
-        )
 
 
 def mean_images(onehot: torch.Tensor | None, count: int, size: tuple[int, int]) -> torch.Tensor:
@@ -211,7 +174,7 @@ def generate(
     width, height = image_size(img_wh)
     config.check(model.diffusion.num_timesteps, (width, height))
     timesteps = visited_timesteps(config, model.diffusion)
-    _check_memory(count, (width, height), len(timesteps), frame_every)
+    check_memory(count, (width, height), len(timesteps), frame_every)
     guide_net = None
     if config.guide is not None:
         guide_net = inference_net(load_guide(config.guide, model.config)).to(model.device)

@@ -1,8 +1,7 @@
 """How to sample: every setting declared once, as one field of `SamplingConfig`.
 
-A field's type, default and help are all the rest of the package needs: the CLI's flags
-(flags.py), the page's Advanced controls (/api/info, webrequests.py), the keywords of
-`model.sample` and `describe()` are built from the declarations by `SETTINGS`, so
+A field's type, default and help are all the package needs: the CLI's flags, the page's
+Advanced controls (/api/info), `model.sample`'s keywords and `describe()` come from `SETTINGS`:
 
     probe_knob: float = dataclasses.field(default=0.25, metadata={"help": "..."})
 
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from diffumnist.config import ConfigError, Precision
-from diffumnist.sampling.declarations import Setting, read_settings
+from diffumnist.sampling.declarations import NOT_GIVEN, Setting, read_settings
 
 SamplerName = Literal["ddpm", "ddim", "dpmpp"]
 SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
@@ -35,18 +34,7 @@ DEFAULT_STEPS: dict[str, int] = {"ddim": 50, "dpmpp": 20}
 MAX_DRAWS = 10
 # Evaluation derives per-batch seeds as seed * 1_000_003 + batch: far inside 64 bits.
 SEED_RANGE = range(2**32)
-MAX_SAMPLES_PER_CALL = 10_000  # 28x28 tiles per sampling call (memory)
 FAST_SAMPLERS = ("ddim", "dpmpp")
-
-
-class _NotGiven:
-    """The one sentinel for "not given": the preset's value stands."""
-
-    def __repr__(self) -> str:
-        return "NOT_GIVEN"
-
-
-NOT_GIVEN: Any = _NotGiven()
 
 
 def _paper(title: str, arxiv: str) -> dict[str, str]:
@@ -240,9 +228,9 @@ class SamplingConfig:
         composed = {"sampler", "steps", "guidance_scale", "guidance_interval", "guide"}
         for spec in SETTINGS:
             value = getattr(self, spec.name)
-            if spec.name == "seed" and with_seed:
-                parts.append(spec.shown(value))
-            elif spec.name not in composed | {"seed"} and value != spec.default:
+            if (spec.name == "seed" and with_seed) or (
+                spec.name not in composed | {"seed"} and value != spec.default
+            ):
                 parts.append(spec.shown(value))
         return ", ".join(parts)
 
