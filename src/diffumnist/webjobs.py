@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from diffumnist.viz import png_bytes
 log = logging.getLogger(__name__)
 
 MAX_QUEUED = 4  # requests waiting behind the running one; more are refused
+PAGE_FIELDS = ("digits", "count")  # what the page alone sends, besides the model
 
 
 class BusyError(RuntimeError):
@@ -59,8 +61,10 @@ def explain(exc: ConfigError, labels: dict[str, str]) -> dict[str, Any]:
     (the setting at fault) starts with its label instead, e.g. "Guidance scale must be…".
     """
     message, setting = str(exc), exc.setting
-    if setting is None:  # older messages name their field first
-        setting = next((name for name in labels if message.startswith(f"{name} ")), None)
+    if setting is None:  # a message that names its field first, or one of the page's own
+        named = [name for name in labels if message.startswith(f"{name} ")]
+        named += [name for name in PAGE_FIELDS if re.search(rf"\b{name}\b", message)]
+        setting = named[0] if named else None
     if setting in labels and message.startswith(setting):
         message = labels[setting] + message[len(setting) :]
     return {"error": message, "setting": setting}

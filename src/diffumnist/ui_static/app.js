@@ -216,8 +216,9 @@ function markPreset(name) {
 /** One field per setting the server describes (the seed has its own, beside Generate),
  *  each with its help, what it accepts, and its papers as links at the end. */
 function buildSettings() {
-  for (const spec of info.settings) {
-    if (spec.name === "seed") continue;
+  for (const described of info.settings) {
+    if (described.name === "seed") continue;
+    const spec = pageSpec(described);
     const control = makeControl(spec);
     controls[spec.name] = control;
     const { field } = control;
@@ -240,6 +241,12 @@ function buildSettings() {
     }
     $("settings").append(field);
   }
+}
+
+/** The page never names files on the server: of the guides, it offers the weak twins only. */
+function pageSpec(spec) {
+  if (spec.name === "guide" && spec.type === "text") return { ...spec, type: "choice", choices: ["weak"] };
+  return spec;
 }
 
 function helpText(spec) {
@@ -367,7 +374,7 @@ function applies(spec) {
  *  steps field's placeholder shows the sampler's own number of steps. */
 function refreshSettings() {
   const guide = controls.guide?.inputs[0];
-  if (guide) {
+  if (guide?.tagName === "SELECT") {
     const hasTwin = info.weak_guides.includes(currentKind());
     for (const option of guide.options) option.disabled = option.value !== "" && !hasTwin;
     if (guide.selectedOptions[0]?.disabled) guide.value = "";
