@@ -105,7 +105,7 @@ class DemoApp:
             self.test_images, self.test_labels = torch.empty(0, 28, 28), torch.empty(0)
             folder = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
             self.test_note = (
-                f"MNIST test digits are not in {folder}, so this tab offers drawing only. "
+                f"MNIST test digits were not found in {folder}, so this tab offers drawing only. "
                 "To pick test digits, start the page with --data-dir pointing at a folder "
                 "that holds MNIST; or draw a digit below."
             )

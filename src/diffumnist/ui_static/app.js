@@ -135,7 +135,7 @@ function setupGenerateForm() {
   $("digits-none").addEventListener("click", () => pressDigits(false));
   $("count").value = 1;
   $("count").max = info.max_digits;
-  $("count-help").textContent = `${rangeText(COUNT_SPEC())}.`;
+  $("count-help").textContent = `One image each: ${rangeText(COUNT_SPEC())}.`;
   $("seed").max = info.seed_max;
   $("seed").title = `${rangeText(SEED_SPEC())}; empty with "new seed each time"`;
   $("seed").addEventListener("input", () => {
@@ -745,10 +745,9 @@ async function requestDenoise() {
   try {
     const body = readDenoiseForm();
     if (body === null) {
-      clearDenoised(true);
-      $("dn-status").textContent = "Draw a digit in the box.";
+      clearDenoised(true); // the empty state says what to do
     } else {
-      showDenoised(await postDenoise(body));
+      await showDenoised(await postDenoise(body));
     }
     showError($("dn-error"), "");
   } catch (err) {
@@ -795,7 +794,11 @@ async function showDenoised(reply) {
   $("dn-views").hidden = false;
   $("dn-empty").hidden = true;
   $("test-label").textContent = reply.label === null ? "" : `labelled ${reply.label}`;
-  await Promise.all(images.map((img) => img.decode()));
+  try {
+    await Promise.all(images.map((img) => img.decode()));
+  } catch {
+    return; // replaced or cleared meanwhile by a newer request
+  }
   const denoised = $("dn-denoised");
   denoised.dataset.version = Number(denoised.dataset.version || 0) + 1;
 }
