@@ -18,7 +18,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,9 @@ from diffumnist.checkpoint import CheckpointError, load_checkpoint, shipped_weig
 from diffumnist.classifier import filter_confidence
 from diffumnist.config import ConfigError, ModelConfig
 from diffumnist.data import shipped_mean_images, to_uint8
+from diffumnist.diffusion import GaussianDiffusion
 from diffumnist.inference import inference_net
-from diffumnist.kinds import load_net
+from diffumnist.kinds import ModelKind, load_net
 from diffumnist.runtime import autocast, resolve_precision
 from diffumnist.sampling.guidance import make_eps_fn
 from diffumnist.sampling.limits import check_memory, image_size
@@ -37,8 +38,19 @@ from diffumnist.sampling.settings import MAX_DRAWS, SamplingConfig
 from diffumnist.sampling.solvers import StepCallback, StepInfo, get_sampler
 from diffumnist.sampling.timesteps import visited_timesteps
 
-if TYPE_CHECKING:
-    from diffumnist.models import DiffusionModel
+
+class DiffusionModel(Protocol):
+    """What the pipeline needs of a model (models.DiffusionModel): its kind, config, network,
+    schedule and device."""
+
+    kind: ModelKind
+    config: ModelConfig
+    net: nn.Module
+    diffusion: GaussianDiffusion
+
+    @property
+    def device(self) -> torch.device: ...
+
 
 # `guide="weak"`: the shipped weights/<kind>_weak.safetensors (MODEL_CARD: how it was made).
 WEAK_GUIDE = "weak"
