@@ -76,14 +76,17 @@ function rangeText({ type, min, max, exclusive }) {
 function readNumber(input, spec, label, setting, optional = false) {
   const text = input.value.trim();
   const wanted = rangeText(spec);
-  if (input.validity.badInput) throw new FieldError(`${label} is not a number: enter ${wanted}.`, setting);
+  if (input.validity.badInput) {
+    throw new FieldError(`${label} is not a number: enter ${wanted}.`, setting);
+  }
   if (text === "" && optional) return null;
   if (text === "") throw new FieldError(`${label} is empty: enter ${wanted}.`, setting);
   const value = Number(text);
   const { min, max, exclusive } = spec;
   const below = min !== null && (exclusive ? value <= min : value < min);
   const above = max !== null && (exclusive ? value >= max : value > max);
-  if (!Number.isFinite(value) || below || above || (spec.type === "int" && !Number.isInteger(value))) {
+  const fraction = spec.type === "int" && !Number.isInteger(value);
+  if (!Number.isFinite(value) || below || above || fraction) {
     throw new FieldError(`${label} must be ${wanted}; got ${text}.`, setting);
   }
   return value;
@@ -178,7 +181,9 @@ function onModelChange() {
     : `Chooses its own digits; you pick how many.${epochs ? ` Trained ${epochs[1]} epochs.` : ""}`;
   const presets = modelPresets();
   const names = Object.keys(presets);
-  const order = names.includes(info.preset) ? [info.preset, ...names.filter((n) => n !== info.preset)] : names;
+  const order = names.includes(info.preset)
+    ? [info.preset, ...names.filter((n) => n !== info.preset)]
+    : names;
   $("presets").replaceChildren();
   for (const name of order) {
     const button = el("button", { type: "button", id: `preset-${name}`, textContent: name });
@@ -227,12 +232,14 @@ function buildSettings() {
       const refs = el("p", { className: "refs", textContent: "Read more: " });
       spec.refs.forEach((ref, i) => {
         if (i) refs.append("; ");
-        refs.append(el("a", { href: ref.url, textContent: ref.title, target: "_blank", rel: "noopener noreferrer" }));
+        const link = { href: ref.url, textContent: ref.title, target: "_blank" };
+        refs.append(el("a", { ...link, rel: "noopener noreferrer" }));
       });
       field.append(refs);
     }
     for (const input of control.inputs) {
-      input.addEventListener(input.type === "checkbox" || input.tagName === "SELECT" ? "change" : "input", () => {
+      const event = input.type === "checkbox" || input.tagName === "SELECT" ? "change" : "input";
+      input.addEventListener(event, () => {
         markPreset(null);
         clearMark(spec.name);
         if (spec.name === "sampler") onSamplerChange();
@@ -245,7 +252,9 @@ function buildSettings() {
 
 /** The page never names files on the server: of the guides, it offers the weak twins only. */
 function pageSpec(spec) {
-  if (spec.name === "guide" && spec.type === "text") return { ...spec, type: "choice", choices: ["weak"] };
+  if (spec.name === "guide" && spec.type === "text") {
+    return { ...spec, type: "choice", choices: ["weak"] };
+  }
   return spec;
 }
 
@@ -293,17 +302,22 @@ function makeControl(spec) {
     } };
   }
   if (spec.type === "interval") {
-    const ends = ["low", "high"].map((end) => numberInput(`${id}-${end}`, { ...spec, type: "int" }));
+    const intSpec = { ...spec, type: "int" };
+    const ends = ["low", "high"].map((end) => numberInput(`${id}-${end}`, intSpec));
     ends[0].setAttribute("aria-label", `${spec.label}: from`);
     ends[1].setAttribute("aria-label", `${spec.label}: to`);
     label.htmlFor = ends[0].id;
     field.append(ends[0], " to ", ends[1]);
     const get = () => {
-      const intSpec = { ...spec, type: "int" };
-      const [low, high] = ends.map((input) => readNumber(input, intSpec, spec.label, spec.name, true));
+      const [low, high] = ends.map((input) =>
+        readNumber(input, intSpec, spec.label, spec.name, true));
       if (low === null && high === null && spec.nullable) return null;
-      if (low === null || high === null) fail(`Fill both ends of ${spec.label}, or neither (${spec.none_label ?? "none"}).`);
-      if (low >= high) fail(`${spec.label}: the first number must be below the second; got ${low} to ${high}.`);
+      if (low === null || high === null) {
+        fail(`Fill both ends of ${spec.label}, or neither (${spec.none_label ?? "none"}).`);
+      }
+      if (low >= high) {
+        fail(`${spec.label}: the first number must be below the second; got ${low} to ${high}.`);
+      }
       return [low, high];
     };
     return { spec, field, inputs: ends, get, set: (v) => {
@@ -321,7 +335,8 @@ function makeControl(spec) {
         input.value = v ?? "";
       } };
   }
-  const text = el("input", { type: "text", id, placeholder: spec.nullable ? spec.none_label ?? "" : "" });
+  const placeholder = spec.nullable ? spec.none_label ?? "" : "";
+  const text = el("input", { type: "text", id, placeholder });
   field.append(text);
   return { spec, field, inputs: [text], get: () => {
     const value = text.value.trim();
@@ -395,7 +410,9 @@ function refreshSettings() {
 
 /** The element that holds a request field: a setting's field, or the page's own. */
 function fieldFor(setting) {
-  const own = { digits: "digits-field", count: "count-field", model: "model-field", seed: "seed-field" };
+  const own = {
+    digits: "digits-field", count: "count-field", model: "model-field", seed: "seed-field",
+  };
   return $(own[setting] ?? `field-${setting}`);
 }
 
@@ -417,7 +434,9 @@ function clearMark(setting) {
   if (!field?.dataset.invalid) return;
   field.classList.remove("invalid");
   delete field.dataset.invalid;
-  for (const input of field.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+  for (const input of field.querySelectorAll("[aria-invalid]")) {
+    input.removeAttribute("aria-invalid");
+  }
 }
 
 function clearMarks() {
@@ -425,7 +444,9 @@ function clearMarks() {
     field.classList.remove("invalid");
     delete field.dataset.invalid;
   }
-  for (const input of document.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+  for (const input of document.querySelectorAll("[aria-invalid]")) {
+    input.removeAttribute("aria-invalid");
+  }
 }
 
 // ------------------------------------------------------------------ generate
@@ -447,7 +468,9 @@ function readGenerateForm() {
   if (currentKind() === "class") {
     const pressed = $("digits").querySelectorAll('button[aria-pressed="true"]');
     body.digits = Array.from(pressed, (button) => Number(button.textContent));
-    if (body.digits.length === 0) throw new FieldError(`Pick 1 to ${info.max_digits} digits.`, "digits");
+    if (body.digits.length === 0) {
+      throw new FieldError(`Pick 1 to ${info.max_digits} digits.`, "digits");
+    }
   } else {
     body.count = readNumber($("count"), COUNT_SPEC(), "How many images", "count");
   }
@@ -524,7 +547,8 @@ function showLiveFrame(run, frame) {
   $("empty-hint").hidden = true;
   const where = `step ${frame.step} of ${frame.num_steps} (t = ${frame.t})`;
   const title = frame.draw
-    ? `Drawing ${slotsInWords(frame.slots, run.body)} again (try ${frame.draw + 1}): the filter could not read ${frame.slots.length > 1 ? "them" : "it"}`
+    ? `Drawing ${slotsInWords(frame.slots, run.body)} again (try ${frame.draw + 1}): `
+      + `the filter could not read ${frame.slots.length > 1 ? "them" : "it"}`
     : `Drawing with seed ${run.body.seed}…`;
   $("live-title").textContent = title;
   setStatus(frame.draw ? `redrawing: ${where}` : where);
@@ -544,7 +568,8 @@ function slotsInWords(slots, body) {
 }
 
 function listInWords(items) {
-  return items.length > 1 ? `${items.slice(0, -1).join(", ")} and ${items[items.length - 1]}` : `${items[0]}`;
+  if (items.length < 2) return `${items[0]}`;
+  return `${items.slice(0, -1).join(", ")} and ${items[items.length - 1]}`;
 }
 
 /** End the run: a result replaces the one on screen; otherwise that one comes back. */
@@ -621,13 +646,16 @@ function showResult(done, run) {
 function describeResult(s, preset, redrawn) {
   const classes = info.models[s.model] === "class";
   const what = classes
-    ? `The digit${s.digits.length > 1 ? "s" : ""} ${listInWords(s.digits)}, drawn by the ${s.model} model`
-    : `${s.count} image${s.count > 1 ? "s" : ""} drawn by the ${s.model} model, which chooses the digits`;
+    ? `The digit${s.digits.length > 1 ? "s" : ""} ${listInWords(s.digits)}, `
+      + `drawn by the ${s.model} model`
+    : `${s.count} image${s.count > 1 ? "s" : ""} drawn by the ${s.model} model, `
+      + "which chooses the digits";
   const how = preset ? `with the ${preset} preset` : "with custom settings";
   let text = `${what} ${how}, seed ${s.seed}.`;
   if (redrawn.length) {
     const they = redrawn.length > 1 ? "they were" : "it was";
-    text += ` The filter could not read ${slotsInWords(redrawn, s)} at first, so ${they} drawn again.`;
+    const which = slotsInWords(redrawn, s);
+    text += ` The filter could not read ${which} at first, so ${they} drawn again.`;
   }
   return text;
 }
@@ -652,7 +680,8 @@ function fileStem(s, preset) {
   if (!how) {
     const changed = info.settings.filter((spec) => spec.name !== "seed" && spec.name in s
       && JSON.stringify(s[spec.name]) !== JSON.stringify(spec.default));
-    how = changed.map((spec) => `${spec.name}-${[s[spec.name]].flat().join("-")}`).join("_") || "defaults";
+    const parts = changed.map((spec) => `${spec.name}-${[s[spec.name]].flat().join("-")}`);
+    how = parts.join("_") || "defaults";
   }
   return `${what}_${how}_seed${s.seed}`.replace(/[^A-Za-z0-9._-]/g, "");
 }
@@ -661,8 +690,10 @@ function updateDownloads() {
   if (!shownResult) return;
   const scale = $("download-scale").value;
   const { done, stem } = shownResult;
-  Object.assign($("download-png"), { href: `${done.grid}?scale=${scale}`, download: `${stem}_${scale}x.png` });
-  Object.assign($("download-gif"), { href: `${done.gif}?scale=${scale}`, download: `${stem}_${scale}x.gif` });
+  Object.assign($("download-png"),
+    { href: `${done.grid}?scale=${scale}`, download: `${stem}_${scale}x.png` });
+  Object.assign($("download-gif"),
+    { href: `${done.gif}?scale=${scale}`, download: `${stem}_${scale}x.gif` });
 }
 
 // ------------------------------------------------------------------ denoiser
@@ -679,7 +710,8 @@ function setupDenoiser() {
   $("sigma").value = info.trained_sigma;
   $("sigma-help").textContent = `From 0 to ${info.max_sigma}; New noise draws another ε.`;
   $("test-index").max = Math.max(info.test_digits - 1, 0);
-  $("test-help").textContent = `${rangeText({ type: "int", min: 0, max: Number($("test-index").max), exclusive: false })}.`;
+  const indexSpec = { type: "int", min: 0, max: Number($("test-index").max), exclusive: false };
+  $("test-help").textContent = `Accepts ${rangeText(indexSpec)}.`;
   if (info.test_digits === 0) {
     const note = $("test-note");
     note.textContent = info.test_note;
@@ -729,7 +761,8 @@ function readDenoiseForm() {
   const common = { sigma: Number($("sigma").value), seed: noiseSeed };
   if (!drawing()) {
     const spec = { type: "int", min: 0, max: Number($("test-index").max), exclusive: false };
-    return { ...common, source: "test", index: readNumber($("test-index"), spec, "Index", "index") };
+    const index = readNumber($("test-index"), spec, "Index", "index");
+    return { ...common, source: "test", index };
   }
   return padHasInk ? { ...common, source: "canvas", pixels: padPixels() } : null;
 }
