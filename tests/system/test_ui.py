@@ -44,7 +44,7 @@ from diffumnist.app import BusyError, DemoApp, DemoServer, Job, Worker, make_ser
 from diffumnist.classifier import classify, load_classifier
 from diffumnist.config import ConfigError, default_data_dir
 from diffumnist.sampling import PRESETS
-from diffumnist.webjobs import Recorder
+from diffumnist.webjobs import Recorder, explain
 from diffumnist.webrequests import parse_denoise, parse_generate
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -460,6 +460,15 @@ def test_bad_requests_get_the_label_on_screen_and_the_field(server):
         urllib.request.urlopen(broken, timeout=10)
     assert refused.value.code == 400
     assert "not valid JSON" in json.load(refused.value)["error"]
+
+
+def test_a_refusal_speaks_in_the_labels_on_screen():
+    labels = {"guidance_scale": "Guidance scale γ", "digits": "Digits", "count": "How many"}
+    refusal = ConfigError("guidance_scale must be 0 or more; got -1", "guidance_scale")
+    said = {"error": "Guidance scale γ must be 0 or more; got -1", "setting": "guidance_scale"}
+    assert explain(refusal, labels) == said
+    assert explain(ConfigError("pick 1 to 10 digits; got 0"), labels)["setting"] == "digits"
+    assert explain(ConfigError("the server is out of paper"), labels)["setting"] is None
 
 
 def test_the_result_stays_after_an_error_and_the_timeline_agrees_with_its_label(page, server):
