@@ -1,9 +1,13 @@
-"""The fast samplers: agreement with diffusers, the paper's identities, and the shared API."""
+"""The solvers: agreement with diffusers, the papers' identities, and the shared signature.
+
+Each solver takes the timesteps it visits as a list (timesteps.py makes them) and only its
+own knobs; an ε oracle stands in for the network, so no model is needed.
+"""
 
 from __future__ import annotations
 
+import inspect
 import itertools
-import math
 
 import pytest
 import torch
@@ -14,6 +18,7 @@ from diffumnist.sampling import (
     SAMPLER_NAMES,
     SAMPLERS,
     StepInfo,
+    all_timesteps,
     ddim_sample,
     ddpm_sample,
     dpmpp_sample,
@@ -52,13 +57,15 @@ def oracle_eps_fn(diffusion: GaussianDiffusion, record: list[torch.Tensor] | Non
 
 
 def run_ours(sampler, diffusion, steps, eta=0.0, seed=1, spacing="trailing"):
-    """Run one of our samplers on the oracle; return (x_T, ε per step, StepInfo per step)."""
+    """Run one of our fast solvers on the oracle over `steps` steps spaced by `spacing`;
+    return (x_T, ε per step, StepInfo per step)."""
     eps_seen: list[torch.Tensor] = []
     infos: list[StepInfo] = []
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(123))
+    timesteps = sampler_timesteps(diffusion, steps, spacing)
     sampler(
-        oracle_eps_fn(diffusion, eps_seen), x_T, diffusion, torch.Generator().manual_seed(seed),
-        infos.append, steps=steps, eta=eta, spacing=spacing,
+        oracle_eps_fn(diffusion, eps_seen), x_T, diffusion, timesteps,
+        torch.Generator().manual_seed(seed), infos.append, eta=eta,
     )  # fmt: skip
     return x_T, eps_seen, infos
 
@@ -164,35 +171,6 @@ def test_dpmpp_first_order_step_is_ddim(diffusion):
         torch.testing.assert_close(ours.x_prev, theirs.x_prev, atol=1e-5, rtol=1e-5)
 
 
-# diffusers' `use_lu_lambdas` picks the timesteps nearest to the even log-SNR points too, but
-# keeps repeats near t = 1 (20 steps: ..., 4, 2, 2, 1); ours push such steps up to distinct
-# timesteps, which may move the steps before them up too (40 steps: from the 26th on).
-@pytest.mark.parametrize("steps", [2, 5, 10, 20, 40])
-def test_logsnr_spacing_agrees_with_diffusers_lu_lambdas(diffusion, steps):
-    diffusers = pytest.importorskip("diffusers")
-    scheduler = diffusers.DPMSolverMultistepScheduler(
-        num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-        use_lu_lambdas=True, final_sigmas_type="zero",
-    )  # fmt: skip
-    scheduler.set_timesteps(steps)
-    theirs = [int(k) + 1 for k in scheduler.timesteps]
-    ours = logsnr_timesteps(diffusion, steps)
-    if len(set(theirs)) == steps:
-        assert ours == theirs
-    assert ours[: steps // 2] == theirs[: steps // 2]
-    assert all(a >= b for a, b in zip(ours, theirs, strict=True))
-
-
-@pytest.mark.parametrize("steps", [1, 2, 3, 7, 20, 40, 150, 299, 300])
-def test_logsnr_spacing_visits_distinct_steps_from_T_to_1(diffusion, steps):
-    visited = logsnr_timesteps(diffusion, steps)
-    assert len(visited) == steps and visited[0] == T
-    assert all(a > b for a, b in itertools.pairwise(visited))
-    assert visited[-1] == (1 if steps > 1 else T)
-    if steps == T:
-        assert visited == list(range(T, 0, -1))
-
-
 @pytest.mark.parametrize(("steps", "eta"), [(10, 0.0), (20, 0.0), (20, 1.0)])
 def test_dpmpp_on_logsnr_steps_agrees_with_diffusers(diffusion, steps, eta):
     """Fed our log-SNR timesteps, diffusers' DPM-Solver++ (2M; SDE at η = 1) takes the
@@ -211,23 +189,14 @@ def test_dpmpp_on_logsnr_steps_agrees_with_diffusers(diffusion, steps, eta):
                                    msg=f"x_prev differs at step {i}")  # fmt: skip
 
 
-def test_trailing_spacing():
-    assert trailing_timesteps(T, T) == list(range(T, 0, -1))
-    assert trailing_timesteps(T, 10) == list(range(300, 0, -30))
-    assert trailing_timesteps(T, 1) == [T]
-    for steps in (7, 13, 299):
-        visited = trailing_timesteps(T, steps)
-        assert len(visited) == steps and visited[0] == T and visited[-1] >= 1
-        assert all(a > b for a, b in itertools.pairwise(visited))
-
-
 def test_ddim_eta_one_at_full_steps_samples_the_posterior():
     """η = 1, steps = T: x_{t−1} = μ̃_t(x̂0, x_t) + √β̃_t·z (Eq. 7), not the recipe's √β_t·z."""
     small = GaussianDiffusion(20, 1e-4, 0.02)
     eps_fn = oracle_eps_fn(small)
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    every = all_timesteps(20)
     ddim: list[StepInfo] = []
-    ddim_sample(eps_fn, x_T, small, torch.Generator().manual_seed(4), ddim.append, steps=20, eta=1)
+    ddim_sample(eps_fn, x_T, small, every, torch.Generator().manual_seed(4), ddim.append, eta=1)
     betas, ab = small.betas.double(), small.alphas_cumprod.double()
     ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
     posterior_variance = (betas * (1 - ab_prev) / (1 - ab)).float()
@@ -239,103 +208,108 @@ def test_ddim_eta_one_at_full_steps_samples_the_posterior():
         torch.testing.assert_close(info.x_prev, x_t, atol=1e-5, rtol=1e-5, msg=f"t={t}")
     # DDPM from the same x_T and noise differs in its first step by (√β_T − √β̃_T)·z.
     ddpm: list[StepInfo] = []
-    ddpm_sample(eps_fn, x_T, small, torch.Generator().manual_seed(4), ddpm.append)
+    ddpm_sample(eps_fn, x_T, small, every, torch.Generator().manual_seed(4), ddpm.append)
     first_noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4))
     gap = (betas[-1].sqrt() - posterior_variance[-1].double().sqrt()).item()
     assert gap > 1e-3
     torch.testing.assert_close(ddpm[0].x_prev - ddim[0].x_prev, gap * first_noise)
 
 
+def test_the_ddpm_step_is_algorithm_2_of_ho_et_al():
+    """x_{t−1} = 1/√α_t·(x_t − β_t/√(1 − ᾱ_t)·ε) + √β_t·z, and x_0 from t = 1 adds no noise."""
+    small = GaussianDiffusion(10, 1e-4, 0.02)
+    eps_fn = oracle_eps_fn(small)
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    x0 = ddpm_sample(eps_fn, x_T, small, all_timesteps(10), torch.Generator().manual_seed(4))
+    betas, alphas_cumprod = small.betas.double(), small.alphas_cumprod.double()
+    noise_source, x_t = torch.Generator().manual_seed(4), x_T.double()
+    for t in range(10, 0, -1):
+        eps, z = eps_fn(x_t.float(), t).double(), torch.randn(SHAPE, generator=noise_source)
+        beta, alpha_cumprod = betas[t - 1], alphas_cumprod[t - 1]
+        x_t = (x_t - beta / (1 - alpha_cumprod).sqrt() * eps) / (1 - beta).sqrt()
+        if t > 1:
+            x_t = x_t + beta.sqrt() * z.double()
+    torch.testing.assert_close(x0, x_t.float(), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("sampler", [ddim_sample, dpmpp_sample])
 def test_deterministic_samplers_ignore_the_generator(sampler):
     small = GaussianDiffusion(20, 1e-4, 0.02)
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    timesteps = trailing_timesteps(20, 8)
     generator = torch.Generator().manual_seed(1)
     state = generator.get_state()
-    a = sampler(oracle_eps_fn(small), x_T, small, generator, steps=8)
-    b = sampler(oracle_eps_fn(small), x_T, small, torch.Generator().manual_seed(2), steps=8)
+    a = sampler(oracle_eps_fn(small), x_T, small, timesteps, generator)
+    b = sampler(oracle_eps_fn(small), x_T, small, timesteps, torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
     assert torch.equal(generator.get_state(), state)  # no noise was drawn
 
 
-@pytest.mark.parametrize(("name", "steps", "spacing"), [
-    ("ddpm", None, "trailing"), ("ddim", 7, "trailing"), ("ddim", 20, "trailing"),
-    ("dpmpp", 1, "trailing"), ("dpmpp", 6, "trailing"), ("ddim", 7, "logsnr"),
-    ("dpmpp", 6, "logsnr"),
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_a_seeded_solver_is_deterministic_and_leaves_its_input_alone(name):
+    small = GaussianDiffusion(20, 1e-4, 0.02)
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    before = x_T.clone()
+    timesteps = all_timesteps(20) if name == "ddpm" else trailing_timesteps(20, 6)
+    knobs = {} if name == "ddpm" else {"eta": 1.0}
+    solver, eps_fn = SAMPLERS[name], oracle_eps_fn(small)
+    runs = [
+        solver(eps_fn, x_T, small, timesteps, torch.Generator().manual_seed(seed), **knobs)
+        for seed in (5, 5, 6)
+    ]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    assert torch.equal(x_T, before)
+
+
+@pytest.mark.parametrize(("name", "timesteps"), [
+    ("ddpm", all_timesteps(20)), ("ddim", trailing_timesteps(20, 7)),
+    ("ddim", trailing_timesteps(20, 20)), ("dpmpp", [20]), ("dpmpp", trailing_timesteps(20, 6)),
+    ("ddim", logsnr_timesteps(GaussianDiffusion(20, 1e-4, 0.02), 7)),
+    ("dpmpp", logsnr_timesteps(GaussianDiffusion(20, 1e-4, 0.02), 6)),
+    ("dpmpp", [20, 13, 12, 4, 1]),  # any decreasing list: the steps are data
 ])  # fmt: skip
-def test_callback_fires_once_per_step(name, steps, spacing):
+def test_callback_fires_once_per_step(name, timesteps):
     small = GaussianDiffusion(20, 1e-4, 0.02)
     infos: list[StepInfo] = []
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-    eta = 0.3 if name == "ddim" else 0.0
-    x0 = SAMPLERS[name](oracle_eps_fn(small), x_T, small, torch.Generator().manual_seed(0),
-                        infos.append, steps=steps, eta=eta, spacing=spacing)  # fmt: skip
-    expected = steps or 20
-    assert [info.step for info in infos] == list(range(expected))
-    assert all(info.num_steps == expected for info in infos)
-    assert [info.t for info in infos] == sampler_timesteps(small, expected, spacing)
-    if spacing == "logsnr":
-        assert infos[-1].t == 1 and infos[-1].t != trailing_timesteps(20, expected)[-1]
+    knobs = {"eta": 0.3} if name == "ddim" else {}
+    x0 = SAMPLERS[name](oracle_eps_fn(small), x_T, small, timesteps,
+                        torch.Generator().manual_seed(0), infos.append, **knobs)  # fmt: skip
+    assert [info.step for info in infos] == list(range(len(timesteps)))
+    assert all(info.num_steps == len(timesteps) for info in infos)
+    assert [info.t for info in infos] == list(timesteps)
     assert torch.equal(infos[0].x_t, x_T) and torch.equal(infos[-1].x_prev, x0)
     for before, after in itertools.pairwise(infos):
         assert torch.equal(before.x_prev, after.x_t)
 
 
-@pytest.mark.parametrize(
-    ("name", "steps", "eta"),
-    [("ddpm", None, 0.0), ("ddim", 5, 0.0), ("ddim", 5, 1.0), ("dpmpp", 5, 0.0)],
-)
-def test_every_sampler_runs_the_guided_class_model(tiny_class_model, name, steps, eta):
-    c = torch.tensor([0, 7])
-    kwargs = dict(guidance_scale=5.0, sampler=name, steps=steps, eta=eta)
-    samples, animation = tiny_class_model.sample(c, seed=3, **kwargs)
-    again, _ = tiny_class_model.sample(c, seed=3, **kwargs)
-    assert samples.shape == (2, 1, 28, 28) and torch.isfinite(samples).all()
-    assert animation.shape[0] == 1 + (steps or tiny_class_model.config.num_timesteps)
-    assert torch.equal(samples, again)
+def test_each_solver_takes_only_its_own_knobs():
+    """ddpm has no η (its noise is the recipe's); ddim and dpmpp take η as a keyword; none
+    takes a step count or a spacing: those are in the timesteps."""
+    shared = ["eps_fn", "x_T", "diffusion", "timesteps", "generator", "callback"]
+    for name, solver in SAMPLERS.items():
+        parameters = inspect.signature(solver).parameters
+        own = ["eta"] if name != "ddpm" else []
+        assert list(parameters) == shared + own, name
+        for knob in own:
+            assert parameters[knob].kind is inspect.Parameter.KEYWORD_ONLY
+    small = GaussianDiffusion(5, 1e-4, 0.02)
+    with pytest.raises(TypeError, match="eta"):
+        ddpm_sample(oracle_eps_fn(small), torch.zeros(SHAPE), small, all_timesteps(5),
+                    torch.Generator(), eta=1.0)  # fmt: skip
 
 
-def test_fast_samplers_default_to_few_steps_capped_at_T(tiny_class_model):
-    seen: list[int] = []
-    tiny_class_model.sample([1], sampler="dpmpp", callback=lambda info: seen.append(info.t))
-    assert len(seen) == min(20, tiny_class_model.config.num_timesteps)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"sampler": "euler"},
-        {"sampler": "DDIM"},
-        {"sampler": "ddpm", "steps": 10},
-        {"sampler": "ddim", "steps": 0},
-        {"sampler": "ddim", "steps": 21},
-        {"sampler": "dpmpp", "steps": -3},
-        {"sampler": "dpmpp", "steps": 2.5},
-        {"sampler": "dpmpp", "steps": True},
-        {"sampler": "ddim", "steps": 5, "eta": -0.1},
-        {"sampler": "ddim", "steps": 5, "eta": 1.5},
-        {"sampler": "ddim", "steps": 5, "eta": math.nan},
-        {"sampler": "dpmpp", "steps": 5, "eta": 1.5},  # dpmpp takes η in [0, 1] (its SDE)
-        {"sampler": "ddpm", "eta": 1.0},
-    ],
-)
-def test_bad_sampler_requests_are_clear_errors(tiny_class_model, kwargs):
-    with pytest.raises(ConfigError) as error:
-        tiny_class_model.sample([1], **kwargs)
-    assert "\n" not in str(error.value)
-
-
-def test_a_bad_name_lists_the_valid_ones(tiny_class_model):
-    with pytest.raises(ConfigError, match="ddpm, ddim, dpmpp"):
-        get_sampler("plms")
-    with pytest.raises(ConfigError, match="ddpm, ddim, dpmpp"):
-        tiny_class_model.sample([1], sampler="plms")
-    assert SAMPLER_NAMES == tuple(SAMPLERS) == ("ddpm", "ddim", "dpmpp")
-
-
-def test_the_samplers_reject_bad_steps_when_called_directly():
+def test_ddpm_refuses_to_skip_timesteps():
+    """The posterior q(x_{t−1} | x_t, x0) steps by one: ddpm visits every t = T … 1."""
     small = GaussianDiffusion(20, 1e-4, 0.02)
     x_T = torch.zeros(SHAPE)
-    for sampler in SAMPLERS.values():
-        with pytest.raises(ConfigError, match=r"1\.\.20|None or 20"):
-            sampler(oracle_eps_fn(small), x_T, small, torch.Generator(), steps=21)
+    for timesteps in (trailing_timesteps(20, 10), all_timesteps(19), all_timesteps(20)[1:]):
+        with pytest.raises(ValueError, match=r"every timestep T … 1 \(T = 20\)"):
+            ddpm_sample(oracle_eps_fn(small), x_T, small, timesteps, torch.Generator())
+
+
+def test_a_bad_name_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="ddpm, ddim, dpmpp"):
+        get_sampler("plms")
+    assert SAMPLER_NAMES == tuple(SAMPLERS) == ("ddpm", "ddim", "dpmpp")
+    assert all(get_sampler(name) is SAMPLERS[name] for name in SAMPLER_NAMES)
