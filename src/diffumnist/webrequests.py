@@ -36,7 +36,6 @@ from diffumnist.sampling import (
 PAGE_PRESET = "fast"  # the page's first settings; "recipe" is one click away
 MAX_DIGITS = 10  # images per request
 MAX_SIGMA = 2.0
-DOWNLOAD_SCALES = ("1", "2", "4")  # an 8x GIF of ten digits takes seconds to encode
 TRAINED_SIGMA = recipe("denoiser").sigma  # the noise level the shipped denoiser learned
 # Sampling settings the page may send: all but those declared page=False (precision: auto).
 PAGE_SETTINGS = tuple(spec.name for spec in SETTINGS if spec.meta.get("page", True))
@@ -57,6 +56,16 @@ class GenerateRequest:
     sampling: SamplingConfig = field(default_factory=lambda: PRESETS["class"][PAGE_PRESET])
 
 
+def _page_control(control: dict[str, Any], num_timesteps: int) -> dict[str, Any]:
+    """A setting as the page offers it: bounds that depend on the model's T filled in, and
+    the guide a choice of the shipped weak twin only (the page never names files)."""
+    if control["name"] in ("steps", "guidance_interval"):
+        control |= {"min": control["min"] or 0, "max": num_timesteps}
+    if control["name"] == "guide":
+        control |= {"type": "choice", "choices": [WEAK_GUIDE]}
+    return control
+
+
 def form_info(num_timesteps: int) -> dict[str, Any]:
     """What the page builds its form from: each setting as declared (type, range, help,
     where it applies), the presets with a plain sentence each, and the page's own limits."""
@@ -64,7 +73,9 @@ def form_info(num_timesteps: int) -> dict[str, Any]:
     return {
         "preset": PAGE_PRESET,
         "models": PAGE_MODELS,
-        "settings": [spec.describe() for spec in SETTINGS if spec.name in PAGE_SETTINGS],
+        "settings": [
+            _page_control(spec.describe(), T) for spec in SETTINGS if spec.name in PAGE_SETTINGS
+        ],
         "presets": {
             kind: {
                 name: {"settings": config.to_dict(), "summary": PRESET_SUMMARIES[kind][name]}
@@ -77,7 +88,6 @@ def form_info(num_timesteps: int) -> dict[str, Any]:
         "num_timesteps": T,
         "max_digits": MAX_DIGITS,
         "seed_max": SEED_RANGE.stop - 1,
-        "download_scales": DOWNLOAD_SCALES,
         "max_sigma": MAX_SIGMA,
         "trained_sigma": TRAINED_SIGMA,
     }
@@ -97,7 +107,9 @@ def _number(data: dict[str, Any], name: str, default: float, low: int, high: flo
     value, kind = data.get(name, default), type(default)
     if isinstance(value, bool) or not isinstance(value, kind | int) or not low <= value <= high:
         what = "a whole number" if kind is int else "a number"
-        raise ConfigError(f"{name} must be {what} from {low} to {high:g}; got {json.dumps(value)}")
+        raise ConfigError(
+            f"{name} must be {what} from {low} to {high:g}; got {json.dumps(value)}", name
+        )
     return value
 
 
@@ -106,7 +118,7 @@ def _int_list(value: object, name: str, high: int) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
         isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= high for v in value
     ):
-        raise ConfigError(f"{name} must be a list of whole numbers 0-{high}")
+        raise ConfigError(f"{name} must be a list of whole numbers 0-{high}", name)
     return tuple(value)
 
 
@@ -124,7 +136,7 @@ def parse_generate(payload: object, num_timesteps: int) -> GenerateRequest:
     if kind == "class":
         digits = _int_list(data.get("digits", list(digits)), "digits", 9)
         if not 1 <= len(digits) <= MAX_DIGITS:
-            raise ConfigError(f"pick 1 to {MAX_DIGITS} digits; got {len(digits)}")
+            raise ConfigError(f"pick 1 to {MAX_DIGITS} digits; got {len(digits)}", "digits")
     else:
         count = _number(data, "count", count, 1, MAX_DIGITS)
     settings = {name: data[name] for name in PAGE_SETTINGS if name in data}
@@ -152,7 +164,7 @@ def parse_denoise(
         index = _number(data, "index", 0, 0, len(test_images) - 1)
         clean = to_unit(test_images[index : index + 1].to(torch.uint8))
     elif len(pixels := _int_list(data.get("pixels"), "pixels", 255)) != 28 * 28:
-        raise ConfigError(f"pixels must hold 28x28 = 784 values; got {len(pixels)}")
+        raise ConfigError(f"pixels must hold 28x28 = 784 values; got {len(pixels)}", "pixels")
     else:
         index, clean = -1, to_unit(torch.tensor(pixels, dtype=torch.uint8).reshape(1, 28, 28))
     sigma = _number(data, "sigma", float(TRAINED_SIGMA), 0, MAX_SIGMA)
