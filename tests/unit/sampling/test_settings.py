@@ -240,7 +240,6 @@ PROBE_CHECKS = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
 def test_a_setting_declared_once_reaches_every_surface(tmp_path):
     """One plain field added to SamplingConfig (a type, a default, a help text) appears with
     no other edit in `diffumnist sample --help`, the page's /api/info, `model.sample`'s
