@@ -26,12 +26,32 @@ KindName = Literal["denoiser", "time", "class"]
 KIND_NAMES: tuple[str, ...] = get_args(KindName)
 
 # The recipe's values that differ by kind; lr_gamma None means 0.1**(1/epochs), a tenfold
-# decay over the run.
-_DDPM_RECIPE = {"hidden_dim": 64, "epochs": 20, "batch_size": 128, "lr": 1e-3, "lr_gamma": None}
+# decay over the run. lr_final None: no cosine (the LR decays by lr_gamma per epoch).
+_NO_FAST_SETTINGS = {"warmup_steps": 0, "lr_final": None, "min_snr_gamma": 0.0, "ema_decay": 0.0}
+_DDPM_RECIPE = {
+    "hidden_dim": 64, "epochs": 20, "batch_size": 128, "lr": 1e-3, "lr_gamma": None,
+    **_NO_FAST_SETTINGS,
+}  # fmt: skip
+_DENOISER_RECIPE = {
+    "hidden_dim": 128, "epochs": 5, "batch_size": 256, "lr": 1e-4, "lr_gamma": 1.0,
+    **_NO_FAST_SETTINGS,
+}  # fmt: skip
 RECIPES: dict[str, dict[str, Any]] = {
-    "denoiser": {"hidden_dim": 128, "epochs": 5, "batch_size": 256, "lr": 1e-4, "lr_gamma": 1.0},
+    "denoiser": _DENOISER_RECIPE,
     "time": _DDPM_RECIPE,
     "class": _DDPM_RECIPE,
+}
+# `--preset fast`: the recipe's network in minutes on a CPU (docs/training.md, chosen by
+# benchmarks/time_to_quality.py): a linear LR warm-up, a cosine to the run's last step,
+# min-SNR-γ loss weights and an EMA with warm-up. The denoiser has no fast preset.
+_DDPM_FAST = {
+    **_DDPM_RECIPE, "epochs": 4, "lr": 2e-3, "lr_gamma": 1.0,
+    "warmup_steps": 200, "lr_final": 0.02, "min_snr_gamma": 5.0, "ema_decay": 0.999,
+}  # fmt: skip
+TrainPreset = Literal["recipe", "fast"]
+TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "recipe": RECIPES,
+    "fast": {"time": {**_DDPM_FAST, "epochs": 6}, "class": _DDPM_FAST},
 }
 
 
@@ -136,9 +156,14 @@ def _flag(help_text: str, default: Any = None) -> Any:
 
 @dataclass
 class TrainConfig:
-    """A training run. `None` in a recipe field means "the recipe's value for this kind"."""
+    """A training run. `None` in a field means "the preset's value for this kind"."""
 
     kind: str = _flag("which model to train", "class")
+    preset: TrainPreset = _flag(
+        "named training settings that fill every field not given: recipe (docs/recipe.md) or "
+        "fast (minutes on a CPU: docs/training.md)",
+        "recipe",
+    )
     hidden_dim: int | None = _flag("hidden channels D of the UNet (recipe: 128 denoiser, 64 DDPMs)")
     epochs: int | None = _flag("passes over the training split (recipe: 5 denoiser, 20 DDPMs)")
     batch_size: int | None = _flag("images per step (recipe: 256 denoiser, 128 DDPMs)")
@@ -151,7 +176,21 @@ class TrainConfig:
     num_timesteps: int = _flag("diffusion steps T", 300)
     beta_start: float = _flag("first beta of the linear schedule", 1e-4)
     beta_end: float = _flag("last beta of the linear schedule", 0.02)
-    ema_decay: float = _flag("keep an EMA copy of the weights with this decay (0 = off)", 0.0)
+    ema_decay: float | None = _flag(
+        "keep an EMA copy of the weights with decay β, warmed up as min(β, (1+s)/(10+s)) after "
+        "s steps (0 = off; recipe: 0, fast: 0.999)"
+    )
+    warmup_steps: int | None = _flag(
+        "raise the LR linearly over the first N optimizer steps (recipe: 0, fast: 200)"
+    )
+    lr_final: float | None = _flag(
+        "decay the LR per step along a cosine to lr*LR_FINAL at the run's last step, instead "
+        "of lr_gamma per epoch (recipe: off, fast: 0.02)"
+    )
+    min_snr_gamma: float | None = _flag(
+        "weight the loss at each t by min(SNR, γ)/SNR (min-SNR-γ, Hang et al. 2023; 0 = off; "
+        "recipe: 0, fast: 5)"
+    )
     seed: int = _flag("seed for initialisation, shuffling and noise", 0)
     subset: int | None = _flag("train on only the first N training images (quick runs)")
     max_steps: int | None = _flag("stop after this many optimizer steps (quick runs)")
@@ -167,9 +206,13 @@ class TrainConfig:
     )
 
     def resolved(self) -> TrainConfig:
-        """Fill the kind's recipe values where a field is None, and validate; a new config."""
+        """Fill the preset's values for the kind where a field is None, and validate; a new
+        config."""
         check_choice("kind", self.kind, KIND_NAMES)
-        recipe = RECIPES[self.kind]
+        check_choice("preset", self.preset, get_args(TrainPreset))
+        if self.kind not in TRAIN_PRESETS[self.preset]:
+            raise ConfigError(f"the {self.kind} model has no {self.preset} training preset")
+        recipe = TRAIN_PRESETS[self.preset][self.kind]
         filled = {
             name: getattr(self, name) if getattr(self, name) is not None else default
             for name, default in recipe.items()
@@ -188,6 +231,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be an integer >= 0; got {self.warmup_steps!r}")
+        if self.lr_final is not None:
+            check_positive("lr_final", self.lr_final)
+        check_positive("min_snr_gamma", self.min_snr_gamma, allow_zero=True)
         for name in ("subset", "max_steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -203,8 +251,8 @@ class TrainConfig:
         check_positive("sigma", self.sigma, allow_zero=True)
         check_positive("p_uncond", self.p_uncond, allow_zero=True)
         check_positive("ema_decay", self.ema_decay, allow_zero=True)
-        if self.p_uncond > 1 or self.ema_decay >= 1:
-            raise ConfigError("p_uncond must be <= 1 and ema_decay < 1")
+        if self.p_uncond > 1 or self.ema_decay >= 1 or (self.lr_final or 0) > 1:
+            raise ConfigError("p_uncond and lr_final must be <= 1 and ema_decay < 1")
         self.model_config()
 
     def model_config(self) -> ModelConfig:

@@ -127,12 +127,26 @@ class GaussianDiffusion(nn.Module):
         t: torch.Tensor,
         noise: torch.Tensor,
         c: torch.Tensor | None = None,
+        min_snr_gamma: float = 0.0,
     ) -> torch.Tensor:
-        """Algorithm 1 for drawn t ~ U{1..T} and ε ~ N(0, I): MSE between ε and ε_θ(x_t, t[, c]).
+        """Algorithm 1 for drawn t ~ U{1..T} and ε ~ N(0, I): MSE between ε and ε_θ(x_t, t[, c]),
+        each image's error weighted by `min_snr_weight` when min_snr_gamma > 0.
 
         The caller draws t and ε, so data-parallel ranks can draw them for the whole global
         batch and each keep its share (see distributed.py).
         """
         x_t = self.q_sample(x0, t, noise)
         eps_pred = net(x_t, self.time_fraction(t), c)
-        return F.mse_loss(eps_pred.float(), noise)
+        if not min_snr_gamma:
+            return F.mse_loss(eps_pred.float(), noise)
+        per_image = (eps_pred.float() - noise).square().mean(dim=(1, 2, 3))  # (N,)
+        return (self.min_snr_weight(t, min_snr_gamma) * per_image).mean()
+
+    def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
+        """min(SNR_t, γ) / SNR_t with SNR_t = ᾱ_t / (1 − ᾱ_t), for t (N,): the min-SNR-γ weight
+        of the ε-loss (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
+        Strategy", their weight for ε-prediction), which stops the nearly clean
+        steps (high SNR) from dominating the gradient. 1 wherever SNR_t <= γ."""
+        alpha_bar = self.alphas_cumprod[t.long() - 1]
+        snr = alpha_bar / (1.0 - alpha_bar)
+        return snr.clamp(max=gamma) / snr

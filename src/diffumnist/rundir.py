@@ -71,7 +71,9 @@ class RunFolder:
         if self.checkpoint_path.exists():
             ckpt = load_checkpoint(self.checkpoint_path)
             saved = TrainConfig.from_dict(ckpt.meta.get("train", {}))
-            if dataclasses.replace(saved, epochs=config.epochs).to_dict() != config.to_dict():
+            # resolved: a checkpoint from before a setting existed holds the preset's value
+            extended = dataclasses.replace(saved, epochs=config.epochs).resolved()
+            if extended.to_dict() != config.to_dict():
                 raise ConfigError(f"{self.checkpoint_path} belongs to a different configuration")
             if config.epochs < ckpt.meta["epoch"]:
                 raise ConfigError(

@@ -1,5 +1,8 @@
 """The training loop: recipe defaults, bf16 autocast, EMA, per-epoch atomic checkpoints.
 
+The recipe decays the learning rate once per epoch; a run with a warm-up or a cosine (the
+`fast` preset) sets it before every optimizer step from the step count, so it resumes exactly.
+
 What differs between the models (their batch randomness, loss and preview) is asked of the
 model kind (kinds/); what is written where is the run folder's business (rundir.py). All
 randomness after initialisation comes from one CPU generator whose state is checkpointed,
@@ -11,6 +14,7 @@ global batch and its randomness, trains on its share, and only rank 0 writes.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,14 +51,15 @@ class TrainState:
     step: int = 0  # completed optimizer steps
 
     @classmethod
-    def new(cls, config: TrainConfig, device: torch.device, world: World) -> TrainState:
-        """Seeded initial weights (an EMA copy of them if asked), Adam, the LR decay."""
+    def new(cls, config: TrainConfig, device: torch.device, world: World,
+            steps_per_epoch: int, total_steps: int) -> TrainState:  # fmt: skip
+        """Seeded initial weights (an EMA copy of them if asked), Adam, the LR schedule."""
         torch.manual_seed(config.seed)
         net = build_net(config.model_config()).to(device, memory_format=torch.channels_last)
         if world.size > 1 and config.batchnorm == "global":
             net = use_global_batchnorm(net)
         optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
+        scheduler = lr_schedule(optimizer, config, steps_per_epoch, total_steps)
         ema = None
         if config.ema_decay > 0:
             ema = build_net(config.model_config()).to(device, memory_format=torch.channels_last)
@@ -86,20 +91,56 @@ class TrainState:
         )  # fmt: skip
 
     @torch.no_grad()
-    def update_ema(self, decay: float) -> None:
-        """ema ← decay·ema + (1 − decay)·net, for parameters and BatchNorm running statistics.
+    def update_ema(self, beta: float) -> None:
+        """ema ← decay·ema + (1 − decay)·net, for parameters and BatchNorm running statistics,
+        with decay = ema_decay_at(beta, self.step): the EMA forgets the random initialisation
+        within a few dozen steps instead of ~1/(1 − β).
 
         Copying the raw net's BN statistics instead would pair them with weights they were
         not measured for; while the learning rate is high that mismatch ruins EMA samples.
         """
         if self.ema is None:
             return
+        decay = ema_decay_at(beta, self.step)
         torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - decay)
         for ema_buffer, buffer in zip(self.ema.buffers(), self.net.buffers(), strict=True):
             if ema_buffer.is_floating_point():
                 ema_buffer.lerp_(buffer, 1.0 - decay)
             else:
                 ema_buffer.copy_(buffer)
+
+
+def ema_decay_at(beta: float, step: int) -> float:
+    """The EMA decay after `step` completed optimizer steps: min(β, (1 + s)/(10 + s)), and 0
+    (a copy of the weights) at the first update, as diffusers' EMAModel warms up. The EMA
+    then averages about the last s/10 + 1 steps until that reaches 1/(1 − β)."""
+    return 0.0 if step == 0 else min(beta, (1 + step) / (10 + step))
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int,
+                total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:  # fmt: skip
+    """The recipe's ExponentialLR, stepped once per epoch; with a warm-up or a cosine, a
+    LambdaLR stepped after every optimizer step (see `steps_lr_per_step`)."""
+    if not steps_lr_per_step(config):
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
+    factor = functools.partial(lr_factor, config, steps_per_epoch, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def steps_lr_per_step(config: TrainConfig) -> bool:
+    return config.warmup_steps > 0 or config.lr_final is not None
+
+
+def lr_factor(config: TrainConfig, steps_per_epoch: int, total_steps: int, step: int) -> float:
+    """lr(step) / lr for the optimizer step after `step` completed ones: a linear warm-up
+    over warmup_steps, times a cosine from 1 to lr_final at total_steps (else lr_gamma per
+    completed epoch). Extending a finished run stretches the cosine to the new end."""
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.lr_final is None:
+        return warm * config.lr_gamma ** (step // steps_per_epoch)
+    progress = min(step / max(total_steps, 1), 1.0)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return warm * (config.lr_final + (1.0 - config.lr_final) * cosine)
 
 
 def check_batches_split(config: TrainConfig, data_dir: Path | str | None, world_size: int) -> None:
@@ -196,11 +237,11 @@ class Trainer:
 
     def run(self) -> Path:
         """Train to the configured end; returns the checkpoint path."""
-        state = self._start()
         images, labels = self._load_data()
-        net = replicated(state.net, self.world, self.device)
         per_epoch = math.ceil(len(images) / self.config.batch_size)
         total = min(self.config.epochs * per_epoch, self.config.max_steps or math.inf)
+        state = self._start(per_epoch, total)
+        net = replicated(state.net, self.world, self.device)
         losses = LossLog(self.world, self.folder.checkpoint_path)
         with tqdm(total=total, initial=state.step, unit="step", dynamic_ncols=True,
                   disable=not self.world.is_main) as bar:  # fmt: skip
@@ -246,11 +287,13 @@ class Trainer:
             average_buffers(state.net)
         state.update_ema(self.config.ema_decay)
         state.step += 1
+        if steps_lr_per_step(self.config):
+            state.scheduler.step()
         return loss.detach().double() * len(mine)
 
-    def _start(self) -> TrainState:
+    def _start(self, steps_per_epoch: int, total_steps: int) -> TrainState:
         """A fresh or restored state; rank 0 tidies the run folder before the others read it."""
-        state = TrainState.new(self.config, self.device, self.world)
+        state = TrainState.new(self.config, self.device, self.world, steps_per_epoch, total_steps)
         for turn in (self.world.is_main, not self.world.is_main):
             if turn and (ckpt := self.folder.open(self.config)) is not None:
                 state.restore(ckpt)
@@ -277,7 +320,8 @@ class Trainer:
         """Count the epoch (if whole); rank 0 writes its log, preview, scores, checkpoint."""
         if complete:
             state.epoch += 1
-            state.scheduler.step()
+            if not steps_lr_per_step(self.config):
+                state.scheduler.step()
         if not self.folder.writes:
             return
         with self.folder.disk_errors_stop_training():

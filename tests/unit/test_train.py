@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -142,3 +143,93 @@ def test_losses_are_read_back_in_batches_with_the_batch_means(tmp_path):
     log.add(7, 2, torch.tensor(float("nan"), dtype=torch.float64), 64)
     with pytest.raises(TrainingError, match="loss became nan at step 7"):
         log.take()
+
+
+def test_ema_warms_up_from_a_copy_to_its_decay():
+    from diffumnist.train import ema_decay_at
+
+    assert ema_decay_at(0.999, 0) == 0.0  # the first update copies the weights
+    assert ema_decay_at(0.999, 1) == pytest.approx(2 / 11)
+    assert ema_decay_at(0.999, 90) == pytest.approx(91 / 100)
+    assert ema_decay_at(0.999, 100_000) == 0.999
+
+
+def test_a_50_step_ema_is_not_dominated_by_the_initialisation(tmp_path, data_dir):
+    """Without a warm-up, 50 steps at β = 0.999 leave 0.999**50 = 95 % of the random
+    initialisation in the EMA; with it, the EMA sits close to the trained weights."""
+    initial = {}
+
+    def keep_initial(state):
+        if state.step == 0:
+            initial.update({k: v.clone() for k, v in state.net.state_dict().items()})
+
+    config = tiny_config(epochs=5, batch_size=64, subset=640, ema_decay=0.999)  # 50 steps
+    Trainer(config, tmp_path / "run", data_dir, before_step=keep_initial).run()
+    ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
+    assert ckpt.meta["step"] == 50
+
+    def distance(weights):
+        return sum((weights[k].float() - raw).square().sum() for k, raw in trained.items()).sqrt()
+
+    trained = {k: v.float() for k, v in ckpt.weights.items() if v.is_floating_point()}
+    assert distance(ckpt.ema_weights) < 0.2 * distance(initial)
+
+
+def test_the_recipe_has_no_fast_settings_and_the_fast_preset_fills_them():
+    for kind in ("denoiser", "time", "class"):
+        config = TrainConfig(kind=kind).resolved()
+        assert (config.preset, config.warmup_steps, config.lr_final) == ("recipe", 0, None)
+        assert config.min_snr_gamma == 0.0 and config.ema_decay == 0.0
+    fast = TrainConfig(kind="class", preset="fast", lr=5e-4).resolved()
+    assert fast.lr == 5e-4  # a field given wins over the preset
+    assert fast.warmup_steps > 0 and fast.lr_final is not None and fast.ema_decay > 0
+    with pytest.raises(ConfigError, match="no fast training preset"):
+        TrainConfig(kind="denoiser", preset="fast").resolved()
+    with pytest.raises(ConfigError, match="preset must be one of recipe, fast"):
+        TrainConfig(kind="class", preset="quick").resolved()
+
+
+def test_lr_warms_up_linearly_then_follows_the_cosine_to_lr_final():
+    from diffumnist.train import lr_factor
+
+    config = tiny_config(warmup_steps=4, lr_final=0.1, lr_gamma=1.0).resolved()
+    factors = [lr_factor(config, 10, 100, step) for step in range(101)]
+    assert factors[:3] == pytest.approx([0.25 * f for f in (1, 2, 3)], rel=1e-3)
+    assert factors[50] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert factors[100] == pytest.approx(0.1)
+    assert all(a >= b for a, b in itertools.pairwise(factors[4:]))
+    stepped = tiny_config(warmup_steps=2, lr_gamma=0.5).resolved()  # no cosine: per epoch
+    assert [lr_factor(stepped, 10, 100, s) for s in (0, 1, 9, 10, 25)] == [0.5, 1, 1, 0.5, 0.25]
+
+
+def test_a_fast_preset_run_resumes_to_identical_weights(tmp_path, data_dir):
+    """Warm-up, cosine, min-SNR weights and the EMA's warm-up all follow the checkpointed
+    step, so a crashed and resumed run ends where an uninterrupted one does."""
+    config = tiny_config(preset="fast", warmup_steps=2, lr_final=0.1, ema_decay=0.99)
+    Trainer(config, tmp_path / "straight", data_dir).run()
+
+    def crash_mid_epoch_two(state):
+        if state.step == 4:
+            raise KeyboardInterrupt
+
+    crashing = Trainer(config, tmp_path / "crashed", data_dir, before_step=crash_mid_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.run()
+    Trainer.resume(tmp_path / "crashed", data_dir).run()
+    straight, resumed = (load_checkpoint(tmp_path / d / CHECKPOINT_NAME)
+                         for d in ("straight", "crashed"))  # fmt: skip
+    assert resumed.meta["step"] == straight.meta["step"] == 9
+    for name, value in straight.ema_weights.items():
+        assert torch.equal(value, resumed.ema_weights[name]), name
+    assert straight.scheduler == resumed.scheduler
+
+
+def test_min_snr_weights_cap_the_signal_to_noise_ratio_at_gamma():
+    from diffumnist.diffusion import GaussianDiffusion
+
+    diffusion = GaussianDiffusion(300)
+    t = torch.arange(1, 301)
+    snr = diffusion.alphas_cumprod / (1 - diffusion.alphas_cumprod)
+    weight = diffusion.min_snr_weight(t, 5.0)
+    assert torch.allclose(weight, torch.where(snr > 5, 5 / snr, torch.ones_like(snr)))
+    assert weight[0] < 0.01 and weight[-1] == 1.0  # nearly clean steps count least

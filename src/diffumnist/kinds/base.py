@@ -44,7 +44,9 @@ class ModelKind:
              diffusion: GaussianDiffusion, config: TrainConfig) -> torch.Tensor:  # fmt: skip
         """The training objective on one batch x0 (N, 1, 28, 28): Algorithm 1's ε-MSE."""
         c = self.condition_for_training(labels, draws)
-        return diffusion.training_loss(net, x0, draws["t"], draws["noise"], c)
+        return diffusion.training_loss(
+            net, x0, draws["t"], draws["noise"], c, min_snr_gamma=config.min_snr_gamma
+        )
 
     def condition_for_training(self, labels: torch.Tensor, draws: Draws) -> torch.Tensor | None:
         return None

@@ -1,0 +1,273 @@
+"""Time to quality: how good a model is after m minutes of `diffumnist train` on this machine.
+
+`run` trains one configuration exactly as `diffumnist train KIND [--preset P] [--x y]` would
+(previews and checkpoints included: they are part of the wall clock a user waits), keeps a
+copy of the weights it would sample with (EMA if the run has one, else raw) at each of
+--marks minutes, stops at the last mark or the run's end, and only then scores every copy
+with the kind's `fast` sampling preset (MNIST-FID, precision/recall, guided accuracy; n
+samples per mark, --final-n at the last). Scoring does not count towards the minutes.
+Each scored copy is one JSONL line, with the CPU, the training rate and its share of the
+bf16 matmul peak measured in the same process (benchmarks/roofline.py).
+
+    python benchmarks/time_to_quality.py run --kind class --preset fast --minutes 20 \\
+        --marks 2.5,5,10,15,20 --out benchmarks/results/time_to_quality_class_fast_cpu.jsonl
+    python benchmarks/time_to_quality.py plot A.jsonl B.jsonl --out curve.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from roofline import cpu_name, measure_peaks, unet_flops
+
+from diffumnist.config import TrainConfig, default_data_dir
+from diffumnist.evaluate import generate, score_samples
+from diffumnist.kinds import build_net
+from diffumnist.models import model_for
+from diffumnist.sampling import PRESETS
+from diffumnist.train import Trainer, TrainState
+
+# The shipped class model's `fast` preset at n = 2,000 over seeds 0-2 (README): the target.
+SHIPPED_CLASS_FAST_N2000 = (2.70, 0.20)
+
+
+class BudgetSpent(Exception):
+    """Raised from the step hook at the last mark: training stops there."""
+
+
+@dataclass
+class Snapshot:
+    minutes: float
+    step: int
+    epoch: int
+    weights: dict[str, dict[str, torch.Tensor]]  # "ema" / "raw" / "ema_no_warmup" -> state
+
+
+@dataclass
+class Recorder:
+    """The step hook: copies the weights at each mark and stops the run at the last one.
+
+    With `rate` (images/s) the clock is the images trained so far at that rate, not the wall
+    clock: on a machine shared with other jobs the wall clock measures the neighbours.
+    """
+
+    marks: list[float]
+    compare_ema: bool
+    beta: float
+    batch_size: int
+    rate: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+    snapshots: list[Snapshot] = field(default_factory=list)
+    shadow: dict[str, torch.Tensor] | None = None  # an EMA without warm-up, for comparison
+
+    def __call__(self, state: TrainState) -> None:
+        if self.compare_ema:
+            self._update_shadow(state)
+        minutes = self.minutes(state.step)
+        if self.marks and minutes >= self.marks[0] - 1e-9:
+            self.marks.pop(0)
+            self.take(state, minutes)
+            if not self.marks:
+                raise BudgetSpent
+
+    def minutes(self, step: int) -> float:
+        if self.rate is None:
+            return (time.perf_counter() - self.started) / 60
+        return step * self.batch_size / self.rate / 60
+
+    def take(self, state: TrainState, minutes: float) -> None:
+        weights = {"raw": _copy(state.net.state_dict())}
+        if state.ema is not None:
+            weights["ema"] = _copy(state.ema.state_dict())
+        if self.shadow is not None:
+            weights["ema_no_warmup"] = _copy(self.shadow)
+        self.snapshots.append(Snapshot(minutes, state.step, state.epoch, weights))
+
+    @torch.no_grad()
+    def _update_shadow(self, state: TrainState) -> None:
+        """ema ← β·ema + (1 − β)·net from the initial weights on, one step late (the hook
+        runs before each step): what the EMA was before it had a warm-up."""
+        current = state.net.state_dict()
+        if self.shadow is None:
+            self.shadow = _copy(current)
+            return
+        for name, value in current.items():
+            if value.is_floating_point():
+                self.shadow[name].lerp_(value, 1 - self.beta)
+            else:
+                self.shadow[name].copy_(value)
+
+
+def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in state.items()}
+
+
+def train(config: TrainConfig, marks: list[float], data_dir: Path, compare_ema: bool,
+          rate: float | None):  # fmt: skip
+    """Train until the last mark (or the run's end); the recorder and the seconds spent."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(config, Path(run_dir) / "run", data_dir)
+        beta = trainer.config.ema_decay or 0.999
+        recorder = Recorder(list(marks), compare_ema, beta, trainer.config.batch_size, rate)
+        trainer.before_step = recorder
+        recorder.started = time.perf_counter()
+        with contextlib.suppress(BudgetSpent):
+            trainer.run()
+        seconds = time.perf_counter() - recorder.started
+        if not recorder.marks:
+            return trainer.config, recorder, seconds
+        state = _final_state(trainer, run_dir)  # the run ended before the last mark
+        recorder.take(state, recorder.minutes(state.step))
+    return trainer.config, recorder, seconds
+
+
+def _final_state(trainer: Trainer, run_dir: str) -> TrainState:
+    """The finished run's last checkpoint as a state (the run ended before the last mark)."""
+    from diffumnist.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(Path(run_dir) / "run" / "last.safetensors")
+    state = TrainState.new(trainer.config, trainer.device, trainer.world, 1, 1)
+    state.restore(ckpt)
+    return state
+
+
+def score(config: TrainConfig, weights: dict[str, torch.Tensor], n: int, seed: int,
+          data_dir: Path) -> dict[str, object]:  # fmt: skip
+    """The `fast` sampling preset's scores of these weights on n samples."""
+    net = build_net(config.model_config())
+    net.load_state_dict(weights)
+    model = model_for(config.model_config(), net.eval())
+    sampling = PRESETS[config.kind]["fast"].replace(seed=seed)
+    images, labels = generate(model, n, sampling, progress=False)
+    scores = score_samples(images, labels, data_dir, seed=seed)
+    row = {key: scores[key] for key in ("n", "mnist_fid", "mnist_fid_floor", "precision",
+                                        "recall", "precision_floor", "recall_floor")}  # fmt: skip
+    if "guided_accuracy" in scores:
+        row["guided_accuracy"] = scores["guided_accuracy"]["overall"]
+    return row
+
+
+def score_snapshots(config: TrainConfig, snapshots: list[Snapshot], args: argparse.Namespace,
+                    data_dir: Path) -> Iterator[dict[str, object]]:  # fmt: skip
+    """One row per scored copy: the sampled weights at every mark, all kept at the last."""
+    for index, snap in enumerate(snapshots):
+        final = index == len(snapshots) - 1
+        main = "ema" if "ema" in snap.weights else "raw"
+        for which in list(snap.weights) if final else [main]:
+            n = args.final_n if final and which == main else args.n
+            started = time.perf_counter()
+            row = score(config, snap.weights[which], n, args.eval_seed, data_dir)
+            seconds = round(time.perf_counter() - started, 1)
+            row |= {"minutes": round(snap.minutes, 2), "step": snap.step, "epoch": snap.epoch,
+                    "weights": which, "eval_seconds": seconds}  # fmt: skip
+            print(f"{snap.minutes:6.2f} min step {snap.step:5d} {which:13s} n={n}: "
+                  f"MNIST-FID {row['mnist_fid']:.2f} precision {row['precision']:.3f} "
+                  f"recall {row['recall']:.3f} accuracy {row.get('guided_accuracy', 0):.4f}",
+                  flush=True)  # fmt: skip
+            yield row
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    data_dir = Path(args.data_dir or default_data_dir())
+    overrides = dict(json.loads(args.set)) if args.set else {}
+    config = TrainConfig(kind=args.kind, preset=args.preset, seed=args.seed, **overrides)
+    marks = sorted(float(m) for m in args.marks.split(","))
+    peaks = measure_peaks()
+    config, recorder, seconds = train(config, marks, data_dir, args.compare_ema, args.rate)
+    peaks = peaks.best_with(measure_peaks())
+    last = recorder.snapshots[-1]
+    wall_rate = last.step * config.batch_size / seconds
+    rate = args.rate or wall_rate
+    gflops = rate * unet_flops(config.kind, config.hidden_dim).train
+    common = {
+        "kind": config.kind, "preset": config.preset, "overrides": overrides,
+        "config": config.to_dict(), "cpu": cpu_name(), "torch": torch.__version__,
+        "train_seconds": round(seconds, 1), "wall_images_per_s": round(wall_rate, 1),
+        "clock": "images at clock_images_per_s" if args.rate else "wall",
+        "clock_images_per_s": round(rate, 1), "threads": torch.get_num_threads(),
+        "train_gflops": round(gflops, 1), "bf16_peak_gflops": round(peaks.bf16, 1),
+        "pct_bf16_peak": round(100 * gflops / peaks.bf16, 1),
+        "load_average": os.getloadavg()[0],
+    }  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as file:
+        for row in score_snapshots(config, recorder.snapshots, args, data_dir):
+            file.write(json.dumps(row | common) + "\n")
+            file.flush()
+    print(f"{cpu_name()}: {rate:.1f} images/s = {common['pct_bf16_peak']} % of the bf16 "
+          f"matmul peak ({peaks.bf16:.0f} GFLOP/s); wall clock: {wall_rate:.1f}/s")  # fmt: skip
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cpu = ""
+    for path in args.files:
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        rows = [row for row in rows if row["weights"] in ("ema", "raw")]
+        main = "ema" if any(row["weights"] == "ema" for row in rows) else "raw"
+        rows = [row for row in rows if row["weights"] == main]
+        label = f"{rows[0]['kind']} --preset {rows[0]['preset']} ({main} weights)"
+        minutes = [row["minutes"] for row in rows]
+        ax_fid.plot(minutes, [row["mnist_fid"] for row in rows], "o-", label=label)
+        if "guided_accuracy" in rows[0]:
+            ax_acc.plot(minutes, [row["guided_accuracy"] for row in rows], "o-", label=label)
+        cpu = rows[0]["cpu"].split(" (")[0]
+    mean, spread = SHIPPED_CLASS_FAST_N2000
+    ax_fid.axhspan(mean - spread, mean + spread, color="grey", alpha=0.3,
+                   label="shipped class model, n = 2,000")  # fmt: skip
+    ax_fid.axvline(20, color="grey", linestyle=":")
+    ax_fid.set(yscale="log", xlabel="minutes of training", ylabel="MNIST-FID (fast sampling)")
+    ax_acc.axhline(0.999, color="grey", linestyle="--", label="target 0.999")
+    ax_acc.set(xlabel="minutes of training", ylabel="guided accuracy (fast sampling)")
+    for ax in (ax_fid, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Time to quality on {cpu} (n = 2,000 at the last point, fewer before)")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train with a wall-clock budget, then score")
+    run.add_argument("--kind", default="class", choices=("class", "time"))
+    run.add_argument("--preset", default="recipe", choices=("recipe", "fast"))
+    run.add_argument("--set", help="TrainConfig fields as JSON, e.g. '{\"lr\": 0.002}'")
+    run.add_argument("--marks", default="2.5,5,10,15,20", help="minutes at which to copy")
+    run.add_argument("--n", type=int, default=500, help="samples per mark")
+    run.add_argument("--final-n", type=int, default=2000, help="samples at the last mark")
+    run.add_argument("--seed", type=int, default=0, help="training seed")
+    run.add_argument("--eval-seed", type=int, default=0, help="sampling seed")
+    run.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    run.add_argument("--compare-ema", action="store_true",
+                     help="also score an EMA without warm-up at the last mark")  # fmt: skip
+    run.add_argument("--rate", type=float,
+                     help="images/s: count minutes as images trained at this rate")  # fmt: skip
+    run.add_argument("--data-dir", help="MNIST folder (default $DIFFUMNIST_DATA)")
+    run.add_argument("--out", required=True, help="JSONL to write")
+    plot = commands.add_parser("plot", help="quality against minutes, one line per file")
+    plot.add_argument("files", nargs="+")
+    plot.add_argument("--out", required=True)
+    args = parser.parse_args()
+    {"run": cmd_run, "plot": cmd_plot}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
