@@ -177,14 +177,13 @@ def score_snapshots(config: TrainConfig, snapshots: list[Snapshot], args: argpar
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads or torch.get_num_threads())
     data_dir = Path(args.data_dir or default_data_dir())
     overrides = dict(json.loads(args.set)) if args.set else {}
     config = TrainConfig(kind=args.kind, preset=args.preset, seed=args.seed, **overrides)
     marks = sorted(float(m) for m in args.marks.split(","))
-    peaks = measure_peaks()
+    peaks = measure_peaks()  # with torch's threads, as --rate is measured (train_throughput.py)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
     config, recorder, seconds = train(config, marks, data_dir, args.compare_ema, args.rate)
-    peaks = peaks.best_with(measure_peaks())
     last = recorder.snapshots[-1]
     wall_rate = last.step * config.batch_size / seconds
     rate = args.rate or wall_rate
@@ -222,7 +221,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
         rows = [row for row in rows if row["weights"] in ("ema", "raw")]
         main = "ema" if any(row["weights"] == "ema" for row in rows) else "raw"
         rows = [row for row in rows if row["weights"] == main]
-        label = f"{rows[0]['kind']} --preset {rows[0]['preset']} ({main} weights)"
+        given = {k: v for k, v in rows[0]["overrides"].items() if k != "preview_every"}
+        shortened = "".join(f" --{key.replace('_', '-')} {value}" for key, value in given.items())
+        label = f"{rows[0]['kind']} --preset {rows[0]['preset']}{shortened} ({main} weights)"
         minutes = [row["minutes"] for row in rows]
         ax_fid.plot(minutes, [row["mnist_fid"] for row in rows], "o-", label=label)
         if "guided_accuracy" in rows[0]:
