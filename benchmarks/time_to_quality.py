@@ -238,7 +238,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     ax_acc.set(xlabel="minutes of training", ylabel="guided accuracy (fast sampling)")
     for ax in (ax_fid, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right" if ax is ax_fid else "lower right")
     fig.suptitle(f"Time to quality on {cpu} (n = 2,000 at the last point, fewer before)")
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
