@@ -2,7 +2,7 @@
 
 glibc serves allocations above its mmap threshold with fresh mappings and returns them, and
 trims its heap, so the sampler's activation buffers (tens of MiB per step) are page-faulted
-in again at every step. `import diffumnist` raises both thresholds (runtime.tune_malloc);
+in again at every step. `import diffumnist` raises both thresholds (allocator.tune_malloc);
 DIFFUMNIST_TUNE_MALLOC=0 turns that off. jemalloc and tcmalloc, where installed (Debian:
 libjemalloc2, libtcmalloc-minimal4), are compared through LD_PRELOAD; neither is a
 dependency. Each setting runs in its own process, the settings alternate for --rounds, and
@@ -63,7 +63,8 @@ def child(workload: str, steps: int) -> None:
     import torch
 
     import diffumnist
-    from diffumnist.runtime import resolve_precision, tune_malloc
+    from diffumnist.allocator import tune_malloc
+    from diffumnist.runtime import resolve_precision
 
     precision = resolve_precision("auto", torch.device("cpu"))
     if workload == "sample":

@@ -6,7 +6,11 @@ The models load on first use (`diffumnist.load`, `diffumnist.load_pretrained`), 
 
 import importlib
 
+from diffumnist.allocator import tune_malloc
 from diffumnist.config import ModelConfig, TrainConfig, recipe
+
+# Before the first large tensor: keep freed activation buffers in the heap (glibc only).
+tune_malloc()
 
 _LAZY = {
     "Denoiser": "models", "DiffusionModel": "models", "load": "models",

@@ -81,7 +81,7 @@ def test_importing_diffumnist_stops_glibc_from_faulting_freed_buffers_in_again()
 
 
 def test_malloc_tuning_can_be_turned_off():
-    code = "import diffumnist.runtime as r; print(r.tune_malloc())"
+    code = "import diffumnist.allocator as a; print(a.tune_malloc())"
     env = {**os.environ, "DIFFUMNIST_TUNE_MALLOC": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
