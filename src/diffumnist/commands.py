@@ -204,8 +204,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = _load_on_device(args.checkpoint, args.device)
     if not model.kind.samples:
         raise ConfigError(f"{args.checkpoint} is a single-step denoiser; it cannot sample")
-    _check_counts_fit(args, model)
     config = _model_sampling(args, model)
+    _check_counts_fit(args, model, config)
     config.check(model.diffusion.num_timesteps)
     print(describe_precision(model.device, getattr(args, "precision", "auto")))
     print(f"sampling: {config.describe(guided=_guided(model, config))}")
@@ -220,7 +220,7 @@ def _guided(model, config: SamplingConfig) -> bool:
     return model.kind.conditional or config.guide is not None
 
 
-def _check_counts_fit(args: argparse.Namespace, model) -> None:
+def _check_counts_fit(args: argparse.Namespace, model, config: SamplingConfig) -> None:
     """Refuse flags the model would ignore: --digits/--per-digit need classes, --n none, and
     γ or its interval need classes or a guide."""
     given = {flag for flag in ("digits", "per_digit", "n") if getattr(args, flag) is not None}
@@ -230,16 +230,15 @@ def _check_counts_fit(args: argparse.Namespace, model) -> None:
         takes = "--digits and --per-digit" if model.kind.conditional else "--n"
         raise ConfigError(f"{flags} does not apply to the {model.config.kind} model; it takes "
                           f"{takes}")  # fmt: skip
-    if not model.kind.conditional:
-        ignored = [
-            name for name in ("guidance_scale", "guidance_interval")
-            if getattr(args, name, None) is not None
-        ]  # fmt: skip
-        if ignored and _model_sampling(args, model).guide is None:
-            raise ConfigError(
-                f"--{ignored[0].replace('_', '-')} needs a guide for the {model.config.kind} "
-                "model, which has no classes: add --guide weak (or --preset fast)", ignored[0],
-            )  # fmt: skip
+    ignored = [
+        name for name in ("guidance_scale", "guidance_interval")
+        if getattr(args, name, None) is not None
+    ]  # fmt: skip
+    if ignored and not _guided(model, config):
+        raise ConfigError(
+            f"--{ignored[0].replace('_', '-')} needs a guide for the {model.config.kind} "
+            "model, which has no classes: add --guide weak (or --preset fast)", ignored[0],
+        )  # fmt: skip
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
