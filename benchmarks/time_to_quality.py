@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +36,12 @@ from diffumnist.evaluate import generate, score_samples
 from diffumnist.kinds import build_net
 from diffumnist.models import model_for
 from diffumnist.sampling import PRESETS
-from diffumnist.train import Trainer, TrainState
+from diffumnist.train import Trainer, TrainState, ema_decay_at
 
-# The shipped class model's `fast` preset at n = 2,000 over seeds 0-2 (README): the target.
-SHIPPED_CLASS_FAST_N2000 = (2.70, 0.20)
+# The targets: the shipped models' `fast` preset at n = 2,000, MNIST-FID (mean, spread).
+# Class: seeds 0-2 (docs/quality.md); time: seed 0 only, no spread measured
+# (benchmarks/results/quality_map_time_cpu_n2000.jsonl).
+SHIPPED_FAST_N2000 = {"class": (2.70, 0.20), "time": (6.08, 0.0)}
 
 
 class BudgetSpent(Exception):
@@ -61,17 +65,17 @@ class Recorder:
     """
 
     marks: list[float]
-    compare_ema: bool
-    beta: float
     batch_size: int
     rate: float | None = None
+    # Other EMAs of the same run, to compare with the one it samples with: name -> its decay
+    # after s completed steps (see `other_emas`).
+    others: dict[str, Callable[[int], float]] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     snapshots: list[Snapshot] = field(default_factory=list)
-    shadow: dict[str, torch.Tensor] | None = None  # an EMA without warm-up, for comparison
+    shadows: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def __call__(self, state: TrainState) -> None:
-        if self.compare_ema:
-            self._update_shadow(state)
+        self._update_shadows(state)
         minutes = self.minutes(state.step)
         if self.marks and minutes >= self.marks[0] - 1e-9:
             self.marks.pop(0)
@@ -88,36 +92,58 @@ class Recorder:
         weights = {"raw": _copy(state.net.state_dict())}
         if state.ema is not None:
             weights["ema"] = _copy(state.ema.state_dict())
-        if self.shadow is not None:
-            weights["ema_no_warmup"] = _copy(self.shadow)
+        weights |= {name: _copy(shadow) for name, shadow in self.shadows.items()}
         self.snapshots.append(Snapshot(minutes, state.step, state.epoch, weights))
 
     @torch.no_grad()
-    def _update_shadow(self, state: TrainState) -> None:
-        """ema ← β·ema + (1 − β)·net from the initial weights on, one step late (the hook
-        runs before each step): what the EMA was before it had a warm-up."""
+    def _update_shadows(self, state: TrainState) -> None:
+        """Each other EMA ← d·ema + (1 − d)·net, one step late (the hook runs before each
+        step), with d its decay after the steps completed so far."""
         current = state.net.state_dict()
-        if self.shadow is None:
-            self.shadow = _copy(current)
-            return
-        for name, value in current.items():
-            if value.is_floating_point():
-                self.shadow[name].lerp_(value, 1 - self.beta)
-            else:
-                self.shadow[name].copy_(value)
+        for name, decay_after in self.others.items():
+            if name not in self.shadows:
+                self.shadows[name] = _copy(current)
+                continue
+            decay = decay_after(state.step)
+            for key, value in current.items():
+                if value.is_floating_point():
+                    self.shadows[name][key].lerp_(value, 1 - decay)
+                else:
+                    self.shadows[name][key].copy_(value)
+
+
+def other_emas(args: argparse.Namespace, beta: float) -> dict[str, Callable[[int], float]]:
+    """The EMAs to score beside the run's own, by name: `ema_B`, the trainer's warm-up
+    min(B, (1+s)/(10+s)) for decay B (it only differs from the run's own EMA once B is below
+    the warm-up's value at the run's end, e.g. 0.9968 after 2,814 steps); `power_ema_G`,
+    Karras et al. (2024)'s power EMA, decay (1 − 1/(s+1))^(G+1), whose averaging window is a
+    fixed share of the run (relative width σ_rel = 0.16 at G = 3, 0.09 at 8, 0.05 at 17; the
+    trainer's warm-up behaves like G ≈ 8 until it reaches B); and with --compare-ema,
+    `ema_no_warmup`, the run's β from the initial weights on."""
+    others: dict[str, Callable[[int], float]] = {
+        f"ema_{b:g}": functools.partial(ema_decay_at, b) for b in args.other_ema
+    }
+    for g in args.power_ema:
+        others[f"power_ema_{g:g}"] = functools.partial(_power_decay, g)
+    if args.compare_ema:
+        others["ema_no_warmup"] = lambda step: beta
+    return others
+
+
+def _power_decay(gamma: float, step: int) -> float:
+    return (1 - 1 / (step + 1)) ** (gamma + 1)
 
 
 def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in state.items()}
 
 
-def train(config: TrainConfig, marks: list[float], data_dir: Path, compare_ema: bool,
-          rate: float | None):  # fmt: skip
+def train(config: TrainConfig, marks: list[float], data_dir: Path, args: argparse.Namespace):
     """Train until the last mark (or the run's end); the recorder and the seconds spent."""
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, Path(run_dir) / "run", data_dir)
-        beta = trainer.config.ema_decay or 0.999
-        recorder = Recorder(list(marks), compare_ema, beta, trainer.config.batch_size, rate)
+        others = other_emas(args, trainer.config.ema_decay or 0.999)
+        recorder = Recorder(list(marks), trainer.config.batch_size, args.rate, others)
         trainer.before_step = recorder
         recorder.started = time.perf_counter()
         with contextlib.suppress(BudgetSpent):
@@ -127,6 +153,8 @@ def train(config: TrainConfig, marks: list[float], data_dir: Path, compare_ema: 
             return trainer.config, recorder, seconds
         state = _final_state(trainer, run_dir)  # the run ended before the last mark
         recorder.take(state, recorder.minutes(state.step))
+        if args.keep:  # the finished run's checkpoint, for `diffumnist eval` on more seeds
+            shutil.copyfile(Path(run_dir) / "run" / "last.safetensors", args.keep)
     return trainer.config, recorder, seconds
 
 
@@ -183,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     marks = sorted(float(m) for m in args.marks.split(","))
     peaks = measure_peaks()  # with torch's threads, as --rate is measured (train_throughput.py)
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    config, recorder, seconds = train(config, marks, data_dir, args.compare_ema, args.rate)
+    config, recorder, seconds = train(config, marks, data_dir, args)
     last = recorder.snapshots[-1]
     wall_rate = last.step * config.batch_size / seconds
     rate = args.rate or wall_rate
@@ -209,16 +237,15 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    """MNIST-FID against minutes, and beside it guided accuracy (class) or recall (time)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    cpu = ""
+    fig, (ax_fid, ax_right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for path in args.files:
         rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
-        rows = [row for row in rows if row["weights"] in ("ema", "raw")]
         main = "ema" if any(row["weights"] == "ema" for row in rows) else "raw"
         rows = [row for row in rows if row["weights"] == main]
         given = {k: v for k, v in rows[0]["overrides"].items() if k != "preview_every"}
@@ -226,22 +253,30 @@ def cmd_plot(args: argparse.Namespace) -> None:
         label = f"{rows[0]['kind']} --preset {rows[0]['preset']}{shortened} ({main} weights)"
         minutes = [row["minutes"] for row in rows]
         ax_fid.plot(minutes, [row["mnist_fid"] for row in rows], "o-", label=label)
-        if "guided_accuracy" in rows[0]:
-            ax_acc.plot(minutes, [row["guided_accuracy"] for row in rows], "o-", label=label)
-        cpu = rows[0]["cpu"].split(" (")[0]
-    mean, spread = SHIPPED_CLASS_FAST_N2000
-    ax_fid.axhspan(mean - spread, mean + spread, color="grey", alpha=0.3,
-                   label="shipped class model, n = 2,000")  # fmt: skip
-    ax_fid.axvline(20, color="grey", linestyle=":")
+        right = "guided_accuracy" if "guided_accuracy" in rows[0] else "recall"
+        ax_right.plot(minutes, [row[right] for row in rows], "o-", label=label)
+    kind, cpu = rows[0]["kind"], rows[0]["cpu"].split(" (")[0]
+    mean, spread = SHIPPED_FAST_N2000[kind]
+    shipped = f"shipped {kind} model, n = 2,000"
+    if spread:
+        ax_fid.axhspan(mean - spread, mean + spread, color="grey", alpha=0.3, label=shipped)
+    else:
+        ax_fid.axhline(mean, color="grey", linestyle="--", label=shipped)
+    ax_fid.axvline({"class": 20, "time": 30}[kind], color="grey", linestyle=":")
     ax_fid.set(yscale="log", xlabel="minutes of training", ylabel="MNIST-FID (fast sampling)")
-    ax_acc.axhline(0.999, color="grey", linestyle="--", label="target 0.999")
-    ax_acc.set(xlabel="minutes of training", ylabel="guided accuracy (fast sampling)")
-    for ax in (ax_fid, ax_acc):
+    if right == "guided_accuracy":
+        ax_right.axhline(0.999, color="grey", linestyle="--", label="target 0.999")
+    ax_right.set(xlabel="minutes of training", ylabel=f"{right.replace('_', ' ')} (fast sampling)")
+    for ax in (ax_fid, ax_right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper right" if ax is ax_fid else "lower right")
     fig.suptitle(f"Time to quality on {cpu} (n = 2,000 at the last point, fewer before)")
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
+
+
+def _decays(text: str) -> list[float]:
+    return [float(value) for value in text.split(",")]
 
 
 def main() -> None:
@@ -259,8 +294,14 @@ def main() -> None:
     run.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     run.add_argument("--compare-ema", action="store_true",
                      help="also score an EMA without warm-up at the last mark")  # fmt: skip
+    run.add_argument("--other-ema", type=_decays, default=[], metavar="B1,B2",
+                     help="also score EMAs with warm-up of these decays at the end")  # fmt: skip
+    run.add_argument("--power-ema", type=_decays, default=[], metavar="G1,G2",
+                     help="also score power EMAs of these exponents at the end")  # fmt: skip
     run.add_argument("--rate", type=float,
                      help="images/s: count minutes as images trained at this rate")  # fmt: skip
+    run.add_argument("--keep", help="copy the checkpoint of a run that ends before the last "
+                     "mark to this file")  # fmt: skip
     run.add_argument("--data-dir", help="MNIST folder (default $DIFFUMNIST_DATA)")
     run.add_argument("--out", required=True, help="JSONL to write")
     plot = commands.add_parser("plot", help="quality against minutes, one line per file")

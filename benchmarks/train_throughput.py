@@ -6,13 +6,16 @@ alike; each mode's figure is its best round. The step is the real one: forward, 
 loss, backward and Adam. Prints images/s, achieved GFLOP/s beside the fraction of the
 matmul peaks measured in the same run (benchmarks/roofline.py), the ratio, and peak RSS.
 
-    python benchmarks/train_throughput.py [--steps 15] [--rounds 2] [--batch-size 128]
+    python benchmarks/train_throughput.py [--steps 15] [--rounds 2] [--batch-size 128] \\
+        [--also-batch 256] [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -26,37 +29,42 @@ from diffumnist.kinds import build_net
 from diffumnist.runtime import autocast, resolve_device, resolve_precision
 
 
-def make_step(precision: str, channels_last: bool, args: argparse.Namespace) -> Callable[[], None]:
-    """One training step of a fresh, seeded class UNet; calling it trains one batch."""
+def make_step(precision: str, channels_last: bool, args: argparse.Namespace,
+              compiled: bool = False, batch_size: int = 0) -> Callable[[], int]:  # fmt: skip
+    """One training step of a fresh, seeded class UNet; calling it trains one batch and
+    returns its size. With `compiled`, the network's forward (and so its backward) runs
+    through torch.compile; `batch_size` overrides --batch-size."""
+    batch_size = batch_size or args.batch_size
     device = resolve_device("auto")
     config = ModelConfig(kind="class", hidden_dim=args.hidden_dim)
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = build_net(config).to(device, memory_format=fmt).train()
     diffusion = GaussianDiffusion.from_config(config).to(device)
+    forward = torch.compile(net) if compiled else net
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
-    x0 = torch.rand(args.batch_size, 1, 28, 28).to(device).contiguous(memory_format=fmt)
-    c = F.one_hot(torch.arange(args.batch_size) % 10, 10).float().to(device)
+    x0 = torch.rand(batch_size, 1, 28, 28).to(device).contiguous(memory_format=fmt)
+    c = F.one_hot(torch.arange(batch_size) % 10, 10).float().to(device)
 
-    def step() -> None:
+    def step() -> int:
         t = torch.randint(1, config.num_timesteps + 1, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         with autocast(device, precision):
-            loss = diffusion.training_loss(net, x0, t.to(device), noise.to(device), c)
+            loss = diffusion.training_loss(forward, x0, t.to(device), noise.to(device), c)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss.item()
+        return batch_size
 
     return step
 
 
-def images_per_second(step: Callable[[], None], steps: int, batch_size: int) -> float:
+def images_per_second(step: Callable[[], int], steps: int) -> float:
     started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch_size / (time.perf_counter() - started)
+    images = sum(step() for _ in range(steps))
+    return images / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -66,6 +74,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per mode")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--hidden-dim", type=int, default=64)
+    parser.add_argument("--compile", action="store_true",
+                        help="also the default mode through torch.compile (inductor), from an "
+                        "empty compile cache; its first step's seconds are printed")  # fmt: skip
+    parser.add_argument("--also-batch", type=int, help="also the default mode at this batch size")
     args = parser.parse_args()
     device = resolve_device("auto")
     peaks = measure_peaks()
@@ -77,18 +89,30 @@ def main() -> None:
             default_precision, channels_last=True, args=args
         ),
     }
-    for step in modes.values():
-        for _ in range(args.warmup):
+    if args.also_batch:
+        modes[f"default, batch {args.also_batch}"] = make_step(
+            default_precision, True, args, batch_size=args.also_batch
+        )
+    if args.compile:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # a user's first run
+        modes["default + torch.compile"] = make_step(default_precision, True, args, compiled=True)
+    first_step = {}
+    for name, step in modes.items():
+        started = time.perf_counter()
+        step()
+        first_step[name] = time.perf_counter() - started
+        for _ in range(args.warmup - 1):
             step()
     best = dict.fromkeys(modes, 0.0)
     for _ in range(args.rounds):
         for name, step in modes.items():
-            best[name] = max(best[name], images_per_second(step, args.steps, args.batch_size))
+            best[name] = max(best[name], images_per_second(step, args.steps))
         peaks = peaks.best_with(measure_peaks())
-    report(best, peaks, gflop_per_image, args)
+    report(best, first_step, peaks, gflop_per_image, args)
 
 
-def report(best: dict[str, float], peaks: Peaks, gflop_per_image: float, args) -> None:
+def report(best: dict[str, float], first_step: dict[str, float], peaks: Peaks,
+           gflop_per_image: float, args) -> None:  # fmt: skip
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(header(peaks))
     print(
@@ -97,9 +121,12 @@ def report(best: dict[str, float], peaks: Peaks, gflop_per_image: float, args) -
         f"{args.rounds} alternating rounds of {args.steps} steps"
     )
     for name, rate in best.items():
-        print(f"  {name:32s} {rate:7.1f} images/s  {peaks.describe(rate * gflop_per_image)}")
-    fp32, default = best.values()
+        print(f"  {name:32s} {rate:7.1f} images/s  {peaks.describe(rate * gflop_per_image)}; "
+              f"first step {first_step[name]:.1f} s")  # fmt: skip
+    fp32, default = list(best.values())[:2]
     print(f"  ratio default / fp32: {default / fp32:.2f}x; peak RSS {peak_mib:.0f} MiB")
+    for name, rate in list(best.items())[2:]:
+        print(f"  ratio {name} / default: {rate / default:.2f}x")
 
 
 if __name__ == "__main__":

@@ -134,8 +134,12 @@ def steps_lr_per_step(config: TrainConfig) -> bool:
 def lr_factor(config: TrainConfig, steps_per_epoch: int, total_steps: int, step: int) -> float:
     """lr(step) / lr for the optimizer step after `step` completed ones: a linear warm-up
     over warmup_steps, times a cosine from 1 to lr_final at total_steps (else lr_gamma per
-    completed epoch). Extending a finished run stretches the cosine to the new end."""
-    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    completed epoch). Extending a finished run stretches the cosine to the new end.
+
+    The warm-up takes at most a fifth of the run: a 100-step run warmed up over the fast
+    preset's 200 steps would end before it reached its learning rate."""
+    warmup = min(config.warmup_steps, total_steps // 5)
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
     if config.lr_final is None:
         return warm * config.lr_gamma ** (step // steps_per_epoch)
     progress = min(step / max(total_steps, 1), 1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -200,6 +201,14 @@ def test_lr_warms_up_linearly_then_follows_the_cosine_to_lr_final():
     assert all(a >= b for a, b in itertools.pairwise(factors[4:]))
     stepped = tiny_config(warmup_steps=2, lr_gamma=0.5).resolved()  # no cosine: per epoch
     assert [lr_factor(stepped, 10, 100, s) for s in (0, 1, 9, 10, 25)] == [0.5, 1, 1, 0.5, 0.25]
+
+    def cosine(progress: float) -> float:
+        return 0.1 + 0.9 * (1 + math.cos(math.pi * progress)) / 2
+
+    # A warm-up longer than a fifth of the run is cut to that fifth (20 of 100 steps).
+    short = tiny_config(warmup_steps=200, lr_final=0.1, lr_gamma=1.0).resolved()
+    assert lr_factor(short, 10, 100, 9) == pytest.approx(0.5 * cosine(0.09))
+    assert lr_factor(short, 10, 100, 19) == pytest.approx(cosine(0.19))
 
 
 def test_a_fast_preset_run_resumes_to_identical_weights(tmp_path, data_dir):
