@@ -243,14 +243,15 @@ def cmd_plot(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_fid, ax_right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_fid, ax_right) = plt.subplots(1, 2, figsize=(11, 5.4))
     for path in args.files:
         rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
         main = "ema" if any(row["weights"] == "ema" for row in rows) else "raw"
         rows = [row for row in rows if row["weights"] == main]
-        given = {k: v for k, v in rows[0]["overrides"].items() if k != "preview_every"}
-        shortened = "".join(f" --{key.replace('_', '-')} {value}" for key, value in given.items())
-        label = f"{rows[0]['kind']} --preset {rows[0]['preset']}{shortened} ({main} weights)"
+        config = rows[0]["config"]  # the values the run used, whatever the preset holds now
+        stop = f", stopped at step {config['max_steps']}" if config["max_steps"] else ""
+        label = (f"{config['kind']} --preset {config['preset']}: lr {config['lr']:g}, "
+                 f"{config['epochs']} epochs{stop} ({main} weights)")  # fmt: skip
         minutes = [row["minutes"] for row in rows]
         ax_fid.plot(minutes, [row["mnist_fid"] for row in rows], "o-", label=label)
         right = "guided_accuracy" if "guided_accuracy" in rows[0] else "recall"
@@ -267,11 +268,16 @@ def cmd_plot(args: argparse.Namespace) -> None:
     if right == "guided_accuracy":
         ax_right.axhline(0.999, color="grey", linestyle="--", label="target 0.999")
     ax_right.set(xlabel="minutes of training", ylabel=f"{right.replace('_', ' ')} (fast sampling)")
+    handles, labels = ax_fid.get_legend_handles_labels()
+    for handle, text in zip(*ax_right.get_legend_handles_labels(), strict=True):
+        if text not in labels:
+            handles.append(handle)
+            labels.append(text)
     for ax in (ax_fid, ax_right):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right" if ax is ax_fid else "lower right")
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8)
     fig.suptitle(f"Time to quality on {cpu} (n = 2,000 at the last point, fewer before)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 + 0.035 * len(labels) / 2, 1, 1))
     fig.savefig(args.out, dpi=110)
 
 
