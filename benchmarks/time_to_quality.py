@@ -99,6 +99,8 @@ class Recorder:
     def _update_shadows(self, state: TrainState) -> None:
         """Each other EMA ← d·ema + (1 − d)·net, one step late (the hook runs before each
         step), with d its decay after the steps completed so far."""
+        if not self.others:
+            return
         current = state.net.state_dict()
         for name, decay_after in self.others.items():
             if name not in self.shadows:
@@ -150,6 +152,9 @@ def train(config: TrainConfig, marks: list[float], data_dir: Path, args: argpars
             trainer.run()
         seconds = time.perf_counter() - recorder.started
         if not recorder.marks:
+            if args.keep:
+                print(f"--keep: the run stopped at its last mark, before its end; "
+                      f"{args.keep} not written")  # fmt: skip
             return trainer.config, recorder, seconds
         state = _final_state(trainer, run_dir)  # the run ended before the last mark
         recorder.take(state, recorder.minutes(state.step))
@@ -306,8 +311,8 @@ def main() -> None:
                      help="also score power EMAs of these exponents at the end")  # fmt: skip
     run.add_argument("--rate", type=float,
                      help="images/s: count minutes as images trained at this rate")  # fmt: skip
-    run.add_argument("--keep", help="copy the checkpoint of a run that ends before the last "
-                     "mark to this file")  # fmt: skip
+    run.add_argument("--keep", help="copy the finished run's checkpoint to this file (a run "
+                     "that ends before the last mark)")  # fmt: skip
     run.add_argument("--data-dir", help="MNIST folder (default $DIFFUMNIST_DATA)")
     run.add_argument("--out", required=True, help="JSONL to write")
     plot = commands.add_parser("plot", help="quality against minutes, one line per file")
