@@ -21,7 +21,7 @@ import torch
 from diffumnist.checkpoint import shipped_weights
 from diffumnist.config import ConfigError, check_choice, recipe
 from diffumnist.data import add_noise, to_unit
-from diffumnist.pretrained import SAMPLING_MODELS
+from diffumnist.pretrained import SAMPLING_MODELS, TRAINED_HOW
 from diffumnist.sampling import (
     PRESET_SUMMARIES,
     PRESETS,
@@ -73,6 +73,7 @@ def form_info(num_timesteps: int) -> dict[str, Any]:
     return {
         "preset": PAGE_PRESET,
         "models": PAGE_MODELS,
+        "trained_how": {name: TRAINED_HOW[name] for name in PAGE_MODELS},
         "settings": [
             _page_control(spec.describe(), T) for spec in SETTINGS if spec.name in PAGE_SETTINGS
         ],

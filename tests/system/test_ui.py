@@ -350,6 +350,13 @@ def test_time_models_give_the_requested_count(page, info, tmp_path, model):
     assert caption.startswith(f"4 images drawn by the {model} model") and "custom" in caption
 
 
+def test_every_model_says_how_it_was_trained(page, info):
+    for model, kind in info["models"].items():
+        page.select_option("#model", model)
+        assert page.inner_text("#model-help").endswith(info["trained_how"][model])
+        assert page.is_visible("#digits-field") == (kind == "class")
+
+
 def test_out_of_range_and_blank_fields_are_refused_in_the_form(page, info):
     label = setting(info, "guidance_scale")["label"]
     page.click("#digits-none")
@@ -738,7 +745,7 @@ def test_a_foreign_host_header_is_refused(server):
         ({"guidance_interval": [0, 301]}, "guidance_interval must lie within 0..300"),
         ({"model": "time", "count": 11}, "count must be a whole number from 1 to 10; got 11"),
         ({"colour": "red"}, "unknown field(s): colour"),
-        ({"model": "time_e35"}, "model must be one of time, class, time_e34; got 'time_e35'"),
+        ({"model": "time_e35"}, "model must be one of time, class, time_e34, class_cpu; got"),
         ({"model": "time", "guide": "/etc/passwd"}, "guide must be null or weak for the time"),
         ({"guide": "weak"}, "guide must be null for the class model here"),
         ([3], "the request must be a JSON object"),

@@ -232,7 +232,7 @@ def test_sample_offers_only_models_that_sample(capsys, denoiser_ckpt, tmp_path):
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "time/class/time_e34 for the shipped models" in help_text
+    assert "time/class/time_e34/class_cpu for the shipped models" in help_text
     assert "denoiser" not in help_text
     assert main(["sample", "denoiser", "--out", str(tmp_path / "g.png")]) == 2
     assert "cannot sample" in capsys.readouterr().err
@@ -356,7 +356,7 @@ def test_bad_guidance_intervals_are_one_line_and_exit_2(capsys, class_ckpt, tmp_
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["sample", "clas"], "shipped model (denoiser, time, class, time_e34)"),
+        (["sample", "clas"], "shipped model (denoiser, time, class, time_e34, class_cpu)"),
         (["sample", "--out", "/proc/x.png"], "cannot write /proc/x.png"),
         (["sample", "--gif", "/proc/g.gif"], "cannot write /proc/g.gif"),
         (["sample", "--npz", "n.txt"], "--npz n.txt: the name must end in .npz"),

@@ -12,15 +12,16 @@ from diffumnist.config import ConfigError
 from diffumnist.data import load_split, to_unit
 from diffumnist.evaluate import generate
 from diffumnist.metrics import class_balance
-from diffumnist.pretrained import BEYOND_RECIPE, pretrained_path
+from diffumnist.pretrained import BEYOND_RECIPE, SAMPLING_MODELS, TRAINED_HOW, pretrained_path
 from diffumnist.sampling import SamplingConfig
 
 
 @pytest.mark.slow
-def test_class_model_draws_the_requested_digits():
+@pytest.mark.parametrize("name", ["class", "class_cpu"])
+def test_class_models_draw_the_requested_digits(name):
     """200 guided digits (γ = 5, DPM-Solver++ 20 steps): the judge reads >= 97 % right."""
     config = SamplingConfig(guidance_scale=5.0, sampler="dpmpp", steps=20, precision="bf16")
-    images, labels = generate(load_pretrained("class"), 200, config, progress=False)
+    images, labels = generate(load_pretrained(name), 200, config, progress=False)
     predicted, _ = classify(load_classifier()[0], images)
     assert (predicted == labels).float().mean() >= 0.97
 
@@ -44,16 +45,35 @@ def test_denoiser_removes_most_of_the_noise_at_its_training_sigma(data_dir):
 
 
 @pytest.mark.parametrize("name", BEYOND_RECIPE)
-def test_models_beyond_the_recipe_are_its_network_trained_longer(name):
-    """A name beyond the recipe loads its own file: the recipe's network and settings for
-    that kind, trained for more epochs; the kind's own name still loads the recipe's model."""
+def test_models_beyond_the_recipe_are_its_network_trained_otherwise(name):
+    """A name beyond the recipe loads its own file: the recipe's network for that kind,
+    trained otherwise; the kind's own name still loads the recipe's model."""
     improved = load_checkpoint(pretrained_path(name))
     recipe = load_checkpoint(pretrained_path(BEYOND_RECIPE[name]))
     assert improved.model_config == recipe.model_config
-    assert improved.meta["epoch"] > recipe.meta["epoch"] == recipe.meta["train"]["epochs"] == 20
+    assert recipe.meta["epoch"] == recipe.meta["train"]["epochs"] == 20
+    assert improved.meta["train"] != recipe.meta["train"]
     assert load_pretrained(name).config.kind == BEYOND_RECIPE[name]
 
 
+def test_time_e34_is_the_time_recipe_trained_on():
+    """The recipe's run resumed past its 20 epochs, its learning-rate decay kept."""
+    longer = load_checkpoint(pretrained_path("time_e34")).meta
+    recipe = load_checkpoint(pretrained_path("time")).meta
+    assert longer["epoch"] == 34 and longer["train"]["lr_gamma"] == recipe["train"]["lr_gamma"]
+
+
+def test_class_cpu_is_the_fast_preset_trained_for_8_epochs():
+    """What MODEL_CARD.md says of class_cpu: `train class --preset fast --epochs 8`, EMA."""
+    meta = load_checkpoint(pretrained_path("class_cpu")).meta
+    assert meta["epoch"] == meta["train"]["epochs"] == 8 and meta["done"] and meta["ema"]
+    assert meta["train"]["preset"] == "fast" and meta["train"]["lr"] == 3e-3
+
+
+def test_every_model_that_samples_says_how_it_was_trained():
+    assert set(TRAINED_HOW) == set(SAMPLING_MODELS)
+
+
 def test_unknown_name_is_a_clear_error():
-    with pytest.raises(ConfigError, match="denoiser, time, class, time_e34"):
+    with pytest.raises(ConfigError, match="denoiser, time, class, time_e34, class_cpu"):
         load_pretrained("unet")

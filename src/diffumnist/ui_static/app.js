@@ -175,10 +175,10 @@ function onModelChange() {
   const kind = currentKind();
   $("digits-field").hidden = kind !== "class";
   $("count-field").hidden = kind === "class";
-  const epochs = currentModel().match(/_e(\d+)$/);
-  $("model-help").textContent = kind === "class"
+  const what = kind === "class"
     ? "Draws the digits you pick below."
-    : `Chooses its own digits; you pick how many.${epochs ? ` Trained ${epochs[1]} epochs.` : ""}`;
+    : "Chooses its own digits; you pick how many.";
+  $("model-help").textContent = `${what} ${info.trained_how[currentModel()]}`;
   const presets = modelPresets();
   const names = Object.keys(presets);
   const order = names.includes(info.preset)
