@@ -140,11 +140,14 @@ HEADLINE = {
 
 
 def preset_settings(kind: str) -> list[dict]:
-    """The `fast` and `best` presets of `kind` as settings (what differs from the defaults)."""
+    """The presets `kind` offers beyond the recipe (`fast`, and `best` where it has one) as
+    settings (what differs from the defaults)."""
     default = SamplingConfig().to_dict()
     settings = []
-    for name in ("fast", "best"):
-        values = PRESETS[kind][name].to_dict()
+    for name, config in PRESETS[kind].items():
+        if name == "recipe":
+            continue
+        values = config.to_dict()
         setting = {k: v for k, v in values.items() if v != default[k] and k != "precision"}
         if setting not in settings:
             settings.append(setting)
