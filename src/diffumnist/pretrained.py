@@ -19,8 +19,7 @@ if TYPE_CHECKING:
     from diffumnist.models import Denoiser, DiffusionModel
 
 # Weights beyond the recipe, by name, with the kind each is (whose presets and weak twin it
-# takes): "time_e34" is the time model's recipe run trained on to 34 epochs; "class_cpu" is
-# the class model trained on a 2-core CPU in 37 minutes (`--preset fast --epochs 8`).
+# takes); how each was trained: TRAINED_HOW below, and MODEL_CARD.md.
 BEYOND_RECIPE: dict[str, str] = {"time_e34": "time", "class_cpu": "class"}
 PRETRAINED_NAMES: tuple[str, ...] = (*KIND_NAMES, *BEYOND_RECIPE)
 # The shipped models that sample (all but the denoiser), by name, with their kinds.
