@@ -255,9 +255,12 @@ def cmd_plot(args: argparse.Namespace) -> None:
         rows = [row for row in rows if row["weights"] == main]
         config = rows[0]["config"]  # the values the run used, whatever the preset holds now
         stop = f", stopped at step {config['max_steps']}" if config["max_steps"] else ""
-        label = (f"{config['kind']} --preset {config['preset']}: lr {config['lr']:g}, "
-                 f"{config['epochs']} epochs{stop} ({main} weights)")  # fmt: skip
-        minutes = [row["minutes"] for row in rows]
+        batch = config["batch_size"]
+        label = (f"{config['kind']} --preset {config['preset']}: lr {config['lr']:g}, batch "
+                 f"{batch}, {config['epochs']} epochs{stop} ({main} weights)")  # fmt: skip
+        rate = args.batch_rates.get(batch)
+        minutes = [row["minutes"] if rate is None else row["step"] * batch / rate / 60
+                   for row in rows]  # fmt: skip
         ax_fid.plot(minutes, [row["mnist_fid"] for row in rows], "o-", label=label)
         right = "guided_accuracy" if "guided_accuracy" in rows[0] else "recall"
         ax_right.plot(minutes, [row[right] for row in rows], "o-", label=label)
@@ -284,6 +287,11 @@ def cmd_plot(args: argparse.Namespace) -> None:
     fig.suptitle(f"Time to quality on {cpu} (n = 2,000 at the last point, fewer before)")
     fig.tight_layout(rect=(0, 0.05 + 0.035 * len(labels) / 2, 1, 1))
     fig.savefig(args.out, dpi=110)
+
+
+def _batch_rates(text: str) -> dict[int, float]:
+    pairs = (item.split("=") for item in text.split(","))
+    return {int(batch): float(rate) for batch, rate in pairs}
 
 
 def _decays(text: str) -> list[float]:
@@ -317,6 +325,10 @@ def main() -> None:
     run.add_argument("--out", required=True, help="JSONL to write")
     plot = commands.add_parser("plot", help="quality against minutes, one line per file")
     plot.add_argument("files", nargs="+")
+    plot.add_argument("--batch-rates", type=_batch_rates, default={},
+                      help="recount the minutes of runs at these batch sizes at these images/s, "
+                      "e.g. 32=169,64=186 (the rate a batch size trains at, from "
+                      "train_throughput.py --also-batch)")  # fmt: skip
     plot.add_argument("--out", required=True)
     args = parser.parse_args()
     {"run": cmd_run, "plot": cmd_plot}[args.command](args)

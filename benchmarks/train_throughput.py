@@ -7,7 +7,7 @@ loss, backward and Adam. Prints images/s, achieved GFLOP/s beside the fraction o
 matmul peaks measured in the same run (benchmarks/roofline.py), the ratio, and peak RSS.
 
     python benchmarks/train_throughput.py [--steps 15] [--rounds 2] [--batch-size 128] \\
-        [--also-batch 256] [--compile]
+        [--also-batch 256,64] [--compile]
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def images_per_second(step: Callable[[], int], steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=15, help="timed steps per mode and round")
+    parser.add_argument("--steps", type=int, default=15,
+                        help="timed steps of --batch-size per mode and round (other batch sizes "
+                        "train as many images)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two modes")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per mode")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -77,7 +79,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also the default mode through torch.compile (inductor), from an "
                         "empty compile cache; its first step's seconds are printed")  # fmt: skip
-    parser.add_argument("--also-batch", type=int, help="also the default mode at this batch size")
+    parser.add_argument(
+        "--also-batch",
+        type=lambda text: [int(b) for b in text.split(",")],
+        default=[],
+        help="also the default mode at these batch sizes, e.g. 256,64",
+    )
     args = parser.parse_args()
     device = resolve_device("auto")
     peaks = measure_peaks()
@@ -89,24 +96,26 @@ def main() -> None:
             default_precision, channels_last=True, args=args
         ),
     }
-    if args.also_batch:
-        modes[f"default, batch {args.also_batch}"] = make_step(
-            default_precision, True, args, batch_size=args.also_batch
+    for batch_size in args.also_batch:
+        modes[f"default, batch {batch_size}"] = make_step(
+            default_precision, True, args, batch_size=batch_size
         )
     if args.compile:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # a user's first run
         modes["default + torch.compile"] = make_step(default_precision, True, args, compiled=True)
-    first_step = {}
+    first_step, steps = {}, {}
     for name, step in modes.items():
         started = time.perf_counter()
-        step()
+        batch_size = step()
         first_step[name] = time.perf_counter() - started
         for _ in range(args.warmup - 1):
             step()
+        # every mode trains the same images per round: --steps batches of --batch-size
+        steps[name] = max(1, args.steps * args.batch_size // batch_size)
     best = dict.fromkeys(modes, 0.0)
     for _ in range(args.rounds):
         for name, step in modes.items():
-            best[name] = max(best[name], images_per_second(step, args.steps))
+            best[name] = max(best[name], images_per_second(step, steps[name]))
         peaks = peaks.best_with(measure_peaks())
     report(best, first_step, peaks, gflop_per_image, args)
 

@@ -63,11 +63,13 @@ def test_time_e34_is_the_time_recipe_trained_on():
     assert longer["epoch"] == 34 and longer["train"]["lr_gamma"] == recipe["train"]["lr_gamma"]
 
 
-def test_class_cpu_is_the_fast_preset_trained_for_8_epochs():
-    """What MODEL_CARD.md says of class_cpu: `train class --preset fast --epochs 8`, EMA."""
+def test_class_cpu_is_the_fast_preset_trained_for_8_epochs_at_batch_128():
+    """What MODEL_CARD.md says of class_cpu: `train class --preset fast --epochs 8
+    --batch-size 128`, EMA (the preset's batch is 32 since)."""
     meta = load_checkpoint(pretrained_path("class_cpu")).meta
     assert meta["epoch"] == meta["train"]["epochs"] == 8 and meta["done"] and meta["ema"]
     assert meta["train"]["preset"] == "fast" and meta["train"]["lr"] == 3e-3
+    assert meta["train"]["batch_size"] == 128
 
 
 def test_every_model_that_samples_says_how_it_was_trained():
