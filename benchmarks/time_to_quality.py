@@ -30,9 +30,11 @@ from pathlib import Path
 
 import torch
 from roofline import cpu_name, measure_peaks, unet_flops
+from safetensors.torch import load, save
 
 from diffumnist.config import TrainConfig, default_data_dir
 from diffumnist.evaluate import generate, score_samples
+from diffumnist.files import write_atomic
 from diffumnist.kinds import build_net
 from diffumnist.models import model_for
 from diffumnist.sampling import PRESETS
@@ -54,6 +56,7 @@ class Snapshot:
     step: int
     epoch: int
     weights: dict[str, dict[str, torch.Tensor]]  # "ema" / "raw" / "ema_no_warmup" -> state
+    final: bool = False  # taken at the run's end, before the last mark
 
 
 @dataclass
@@ -62,6 +65,8 @@ class Recorder:
 
     With `rate` (images/s) the clock is the images trained so far at that rate, not the wall
     clock: on a machine shared with other jobs the wall clock measures the neighbours.
+    With `folder`, every copy is also written there, and the copies a previous, interrupted
+    process wrote are read back first: its marks are not taken again.
     """
 
     marks: list[float]
@@ -73,8 +78,20 @@ class Recorder:
     started: float = field(default_factory=time.perf_counter)
     snapshots: list[Snapshot] = field(default_factory=list)
     shadows: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    folder: Path | None = None
+    first_step: int | None = None  # where this process started (a resumed run: past 0)
+
+    def __post_init__(self) -> None:
+        if self.folder is None:
+            return
+        for path in sorted(self.folder.glob("mark_*.safetensors")):
+            snap = _read_snapshot(path)
+            self.snapshots.append(snap)
+            self.marks = [] if snap.final else [m for m in self.marks if m > snap.minutes + 1e-9]
 
     def __call__(self, state: TrainState) -> None:
+        if self.first_step is None:
+            self.first_step = state.step
         self._update_shadows(state)
         minutes = self.minutes(state.step)
         if self.marks and minutes >= self.marks[0] - 1e-9:
@@ -88,12 +105,15 @@ class Recorder:
             return (time.perf_counter() - self.started) / 60
         return step * self.batch_size / self.rate / 60
 
-    def take(self, state: TrainState, minutes: float) -> None:
+    def take(self, state: TrainState, minutes: float, final: bool = False) -> None:
         weights = {"raw": _copy(state.net.state_dict())}
         if state.ema is not None:
             weights["ema"] = _copy(state.ema.state_dict())
         weights |= {name: _copy(shadow) for name, shadow in self.shadows.items()}
-        self.snapshots.append(Snapshot(minutes, state.step, state.epoch, weights))
+        snap = Snapshot(minutes, state.step, state.epoch, weights, final)
+        self.snapshots.append(snap)
+        if self.folder is not None:
+            _write_snapshot(self.folder / f"mark_{state.step:07d}.safetensors", snap)
 
     @torch.no_grad()
     def _update_shadows(self, state: TrainState) -> None:
@@ -132,6 +152,28 @@ def other_emas(args: argparse.Namespace, beta: float) -> dict[str, Callable[[int
     return others
 
 
+def _write_snapshot(path: Path, snap: Snapshot) -> None:
+    tensors = {
+        f"{which}/{key}": value.contiguous()
+        for which, state in snap.weights.items()
+        for key, value in state.items()
+    }
+    meta = {"minutes": repr(snap.minutes), "step": str(snap.step), "epoch": str(snap.epoch),
+            "final": str(snap.final)}  # fmt: skip
+    write_atomic(path, save(tensors, metadata=meta))
+
+
+def _read_snapshot(path: Path) -> Snapshot:
+    data = path.read_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    for name, value in load(data).items():
+        which, key = name.split("/", 1)
+        weights.setdefault(which, {})[key] = value
+    return Snapshot(float(header["minutes"]), int(header["step"]), int(header["epoch"]), weights,
+                    header["final"] == "True")  # fmt: skip
+
+
 def _power_decay(gamma: float, step: int) -> float:
     return (1 - 1 / (step + 1)) ** (gamma + 1)
 
@@ -141,11 +183,19 @@ def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def train(config: TrainConfig, marks: list[float], data_dir: Path, args: argparse.Namespace):
-    """Train until the last mark (or the run's end); the recorder and the seconds spent."""
-    with tempfile.TemporaryDirectory() as run_dir:
+    """Train until the last mark (or the run's end); the recorder and the seconds spent.
+
+    The run trains in --run-dir when given (resuming what an interrupted process left
+    there, as `diffumnist train` does), else in a temporary folder.
+    """
+    with _run_folder(args.run_dir) as run_dir:
         trainer = Trainer(config, Path(run_dir) / "run", data_dir)
         others = other_emas(args, trainer.config.ema_decay or 0.999)
-        recorder = Recorder(list(marks), trainer.config.batch_size, args.rate, others)
+        folder = Path(run_dir) if args.run_dir else None
+        recorder = Recorder(list(marks), trainer.config.batch_size, args.rate, others,
+                            folder=folder)  # fmt: skip
+        if not recorder.marks:  # an earlier process took every mark
+            return trainer.config, recorder, 0.0
         trainer.before_step = recorder
         recorder.started = time.perf_counter()
         with contextlib.suppress(BudgetSpent):
@@ -157,10 +207,20 @@ def train(config: TrainConfig, marks: list[float], data_dir: Path, args: argpars
                       f"{args.keep} not written")  # fmt: skip
             return trainer.config, recorder, seconds
         state = _final_state(trainer, run_dir)  # the run ended before the last mark
-        recorder.take(state, recorder.minutes(state.step))
+        recorder.take(state, recorder.minutes(state.step), final=True)
         if args.keep:  # the finished run's checkpoint, for `diffumnist eval` on more seeds
             shutil.copyfile(Path(run_dir) / "run" / "last.safetensors", args.keep)
     return trainer.config, recorder, seconds
+
+
+@contextlib.contextmanager
+def _run_folder(run_dir: str | None) -> Iterator[str]:
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        yield run_dir
+        return
+    with tempfile.TemporaryDirectory() as temporary:
+        yield temporary
 
 
 def _final_state(trainer: Trainer, run_dir: str) -> TrainState:
@@ -210,6 +270,11 @@ def score_snapshots(config: TrainConfig, snapshots: list[Snapshot], args: argpar
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    if args.run_dir and not args.rate:
+        raise SystemExit("--run-dir needs --rate: a resumed run's wall clock is not one run's")
+    if args.run_dir and (args.other_ema or args.power_ema or args.compare_ema):
+        raise SystemExit("--run-dir keeps only the run's own weights, not --other-ema, "
+                         "--power-ema or --compare-ema")  # fmt: skip
     data_dir = Path(args.data_dir or default_data_dir())
     overrides = dict(json.loads(args.set)) if args.set else {}
     config = TrainConfig(kind=args.kind, preset=args.preset, seed=args.seed, **overrides)
@@ -218,13 +283,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     config, recorder, seconds = train(config, marks, data_dir, args)
     last = recorder.snapshots[-1]
-    wall_rate = last.step * config.batch_size / seconds
+    trained = last.step - (last.step if recorder.first_step is None else recorder.first_step)
+    wall_rate = trained * config.batch_size / seconds if trained else 0.0
     rate = args.rate or wall_rate
     gflops = rate * unet_flops(config.kind, config.hidden_dim).train
     common = {
         "kind": config.kind, "preset": config.preset, "overrides": overrides,
         "config": config.to_dict(), "cpu": cpu_name(), "torch": torch.__version__,
-        "train_seconds": round(seconds, 1), "wall_images_per_s": round(wall_rate, 1),
+        "resumed_at_step": recorder.first_step or None, "train_seconds": round(seconds, 1),
+        "wall_images_per_s": round(wall_rate, 1),
         "clock": "images at clock_images_per_s" if args.rate else "wall",
         "clock_images_per_s": round(rate, 1), "threads": torch.get_num_threads(),
         "train_gflops": round(gflops, 1), "bf16_peak_gflops": round(peaks.bf16, 1),
@@ -321,6 +388,9 @@ def main() -> None:
                      help="images/s: count minutes as images trained at this rate")  # fmt: skip
     run.add_argument("--keep", help="copy the finished run's checkpoint to this file (a run "
                      "that ends before the last mark)")  # fmt: skip
+    run.add_argument("--run-dir", help="train in this folder and keep each mark's copy there: "
+                     "the same command resumes an interrupted run (default: a temporary "
+                     "folder)")  # fmt: skip
     run.add_argument("--data-dir", help="MNIST folder (default $DIFFUMNIST_DATA)")
     run.add_argument("--out", required=True, help="JSONL to write")
     plot = commands.add_parser("plot", help="quality against minutes, one line per file")
