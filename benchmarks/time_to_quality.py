@@ -7,10 +7,11 @@ copy of the weights it would sample with (EMA if the run has one, else raw) at e
 with the kind's `fast` sampling preset (MNIST-FID, precision/recall, guided accuracy; n
 samples per mark, --final-n at the last). Scoring does not count towards the minutes.
 Each scored copy is one JSONL line, with the CPU, the training rate and its share of the
-bf16 matmul peak measured in the same process (benchmarks/roofline.py).
+bf16 matmul peak measured in the same process (benchmarks/roofline.py). With --run-dir the
+run and its copies stay on disk, and the same command resumes an interrupted run.
 
-    python benchmarks/time_to_quality.py run --kind class --preset fast --minutes 20 \\
-        --marks 2.5,5,10,15,20 --out benchmarks/results/time_to_quality_class_fast_cpu.jsonl
+    python benchmarks/time_to_quality.py run --kind class --preset fast --rate 169 \\
+        --marks 10,15,100 --out benchmarks/results/time_to_quality_class_fast_cpu.jsonl
     python benchmarks/time_to_quality.py plot A.jsonl B.jsonl --out curve.png
 """
 
