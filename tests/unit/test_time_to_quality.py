@@ -1,0 +1,66 @@
+"""The time-to-quality benchmark's kept run folder (`run --run-dir`): a 98-minute run that is
+interrupted must not start over, and must end with the copies an uninterrupted run takes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import tiny_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import time_to_quality as ttq
+
+# 64 images per step at 64/60 images/s: one minute per step, so marks are steps.
+MARKS = [2.0, 5.0, 100.0]  # copies at steps 2 and 5; the 9-step run ends before 100
+
+
+def run(config, data_dir, run_dir: Path | None) -> tuple[ttq.Recorder, float]:
+    args = argparse.Namespace(rate=64 / 60, keep=None, run_dir=run_dir and str(run_dir),
+                              other_ema=[], power_ema=[], compare_ema=False)  # fmt: skip
+    _, recorder, seconds = ttq.train(config, MARKS, data_dir, args)
+    return recorder, seconds
+
+
+def assert_same_copies(expected: list[ttq.Snapshot], actual: list[ttq.Snapshot]) -> None:
+    assert [s.step for s in actual] == [s.step for s in expected]
+    for want, got in zip(expected, actual, strict=True):
+        assert got.weights.keys() == want.weights.keys() == {"raw", "ema"}
+        for which, state in want.weights.items():
+            for name, value in state.items():
+                assert torch.equal(value, got.weights[which][name]), (want.step, which, name)
+
+
+def test_an_interrupted_run_resumes_to_the_copies_of_an_uninterrupted_one(
+    tmp_path, data_dir, monkeypatch
+):
+    config = tiny_config(ema_decay=0.9)  # 3 epochs of 3 steps
+    straight, _ = run(config, data_dir, None)
+    assert [s.step for s in straight.snapshots] == [2, 5, 9]
+    assert [s.final for s in straight.snapshots] == [False, False, True]
+
+    class CrashInEpochThree(ttq.Trainer):
+        def step(self, state, *rest):
+            if state.step == 7:  # epochs 1 and 2 are checkpointed, both marks copied
+                raise KeyboardInterrupt
+            return super().step(state, *rest)
+
+    monkeypatch.setattr(ttq, "Trainer", CrashInEpochThree)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, data_dir, tmp_path / "kept")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "kept").glob("mark_*")) == [
+        "mark_0000002.safetensors",
+        "mark_0000005.safetensors",
+    ]
+
+    resumed, _ = run(config, data_dir, tmp_path / "kept")
+    assert resumed.first_step == 6  # from the end of epoch 2, not from 0
+    assert_same_copies(straight.snapshots, resumed.snapshots)
+
+    again, seconds = run(config, data_dir, tmp_path / "kept")  # every copy is on disk
+    assert seconds == 0.0 and again.first_step is None
+    assert_same_copies(straight.snapshots, again.snapshots)
