@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 from roofline import cpu_name, measure_peaks, unet_flops
-from safetensors.torch import load, save
+from safetensors import safe_open
+from safetensors.torch import save
 
 from diffumnist.config import TrainConfig, default_data_dir
 from diffumnist.evaluate import generate, score_samples
@@ -165,12 +166,12 @@ def _write_snapshot(path: Path, snap: Snapshot) -> None:
 
 
 def _read_snapshot(path: Path) -> Snapshot:
-    data = path.read_bytes()
-    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
     weights: dict[str, dict[str, torch.Tensor]] = {}
-    for name, value in load(data).items():
-        which, key = name.split("/", 1)
-        weights.setdefault(which, {})[key] = value
+    with safe_open(path, "pt") as file:
+        header = file.metadata()
+        for name in file.keys():  # noqa: SIM118 (a safe_open file is not a dict)
+            which, key = name.split("/", 1)
+            weights.setdefault(which, {})[key] = file.get_tensor(name)
     return Snapshot(float(header["minutes"]), int(header["step"]), int(header["epoch"]), weights,
                     header["final"] == "True")  # fmt: skip
 
