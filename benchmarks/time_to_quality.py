@@ -6,6 +6,8 @@ copy of the weights it would sample with (EMA if the run has one, else raw) at e
 --marks minutes, stops at the last mark or the run's end, and only then scores every copy
 with the kind's `fast` sampling preset (MNIST-FID, precision/recall, guided accuracy; n
 samples per mark, --final-n at the last). Scoring does not count towards the minutes.
+A run that keeps its own weak twin (`twin_epoch`, the time model's fast preset) is scored at
+its end a second time, guided by that twin instead of the shipped one (`weights` "ema+twin").
 Each scored copy is one JSONL line, with the CPU, the training rate and its share of the
 bf16 matmul peak measured in the same process (benchmarks/roofline.py). With --run-dir the
 run and its copies stay on disk, and the same command resumes an interrupted run.
@@ -34,6 +36,7 @@ from roofline import cpu_name, measure_peaks, unet_flops
 from safetensors import safe_open
 from safetensors.torch import save
 
+from diffumnist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from diffumnist.config import TrainConfig, default_data_dir
 from diffumnist.evaluate import generate, score_samples
 from diffumnist.files import write_atomic
@@ -79,6 +82,7 @@ class Recorder:
     others: dict[str, Callable[[int], float]] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     snapshots: list[Snapshot] = field(default_factory=list)
+    twin: dict[str, torch.Tensor] | None = None  # the weak twin the run kept, if any
     shadows: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     folder: Path | None = None
     first_step: int | None = None  # where this process started (a resumed run: past 0)
@@ -196,23 +200,32 @@ def train(config: TrainConfig, marks: list[float], data_dir: Path, args: argpars
         folder = Path(run_dir) if args.run_dir else None
         recorder = Recorder(list(marks), trainer.config.batch_size, args.rate, others,
                             folder=folder)  # fmt: skip
-        if not recorder.marks:  # an earlier process took every mark
-            return trainer.config, recorder, 0.0
-        trainer.before_step = recorder
-        recorder.started = time.perf_counter()
-        with contextlib.suppress(BudgetSpent):
-            trainer.run()
-        seconds = time.perf_counter() - recorder.started
-        if not recorder.marks:
-            if args.keep:
-                print(f"--keep: the run stopped at its last mark, before its end; "
-                      f"{args.keep} not written")  # fmt: skip
-            return trainer.config, recorder, seconds
-        state = _final_state(trainer, run_dir)  # the run ended before the last mark
-        recorder.take(state, recorder.minutes(state.step), final=True)
-        if args.keep:  # the finished run's checkpoint, for `diffumnist eval` on more seeds
-            shutil.copyfile(Path(run_dir) / "run" / "last.safetensors", args.keep)
+        seconds = 0.0
+        if recorder.marks:  # else an earlier process took every mark
+            seconds = _train_to_last_mark(trainer, recorder, run_dir, args)
+        if trainer.folder.twin_path.exists():
+            recorder.twin = load_checkpoint(trainer.folder.twin_path).weights
     return trainer.config, recorder, seconds
+
+
+def _train_to_last_mark(trainer: Trainer, recorder: Recorder, run_dir: str,
+                        args: argparse.Namespace) -> float:  # fmt: skip
+    """Train with the recorder as the step hook; the seconds spent."""
+    trainer.before_step = recorder
+    recorder.started = time.perf_counter()
+    with contextlib.suppress(BudgetSpent):
+        trainer.run()
+    seconds = time.perf_counter() - recorder.started
+    if not recorder.marks:
+        if args.keep:
+            print(f"--keep: the run stopped at its last mark, before its end; "
+                  f"{args.keep} not written")  # fmt: skip
+        return seconds
+    state = _final_state(trainer, run_dir)  # the run ended before the last mark
+    recorder.take(state, recorder.minutes(state.step), final=True)
+    if args.keep:  # the finished run's checkpoint, for `diffumnist eval` on more seeds
+        shutil.copyfile(Path(run_dir) / "run" / "last.safetensors", args.keep)
+    return seconds
 
 
 @contextlib.contextmanager
@@ -227,8 +240,6 @@ def _run_folder(run_dir: str | None) -> Iterator[str]:
 
 def _final_state(trainer: Trainer, run_dir: str) -> TrainState:
     """The finished run's last checkpoint as a state (the run ended before the last mark)."""
-    from diffumnist.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(Path(run_dir) / "run" / "last.safetensors")
     state = TrainState.new(trainer.config, trainer.device, trainer.world, 1, 1)
     state.restore(ckpt)
@@ -236,13 +247,20 @@ def _final_state(trainer: Trainer, run_dir: str) -> TrainState:
 
 
 def score(config: TrainConfig, weights: dict[str, torch.Tensor], n: int, seed: int,
-          data_dir: Path) -> dict[str, object]:  # fmt: skip
-    """The `fast` sampling preset's scores of these weights on n samples."""
+          data_dir: Path, twin: dict[str, torch.Tensor] | None = None,
+          ) -> dict[str, object]:  # fmt: skip
+    """The `fast` sampling preset's scores of these weights on n samples; with `twin`,
+    guided by those weights instead of the preset's guide."""
     net = build_net(config.model_config())
     net.load_state_dict(weights)
     model = model_for(config.model_config(), net.eval())
     sampling = PRESETS[config.kind]["fast"].replace(seed=seed)
-    images, labels = generate(model, n, sampling, progress=False)
+    with tempfile.TemporaryDirectory() as folder:
+        if twin is not None:  # a guide is read from a file, as `--guide` reads it
+            guide = Path(folder) / "twin.safetensors"
+            save_checkpoint(guide, Checkpoint(config.model_config(), twin))
+            sampling = sampling.replace(guide=str(guide))
+        images, labels = generate(model, n, sampling, progress=False)
     scores = score_samples(images, labels, data_dir, seed=seed)
     row = {key: scores[key] for key in ("n", "mnist_fid", "mnist_fid_floor", "precision",
                                         "recall", "precision_floor", "recall_floor")}  # fmt: skip
@@ -252,15 +270,19 @@ def score(config: TrainConfig, weights: dict[str, torch.Tensor], n: int, seed: i
 
 
 def score_snapshots(config: TrainConfig, snapshots: list[Snapshot], args: argparse.Namespace,
-                    data_dir: Path) -> Iterator[dict[str, object]]:  # fmt: skip
-    """One row per scored copy: the sampled weights at every mark, all kept at the last."""
+                    data_dir: Path, twin_weights: dict[str, torch.Tensor] | None = None,
+                    ) -> Iterator[dict[str, object]]:  # fmt: skip
+    """One row per scored copy: the sampled weights at every mark, all kept at the last (and
+    the sampled ones guided by the run's own twin, where it kept one)."""
     for index, snap in enumerate(snapshots):
         final = index == len(snapshots) - 1
         main = "ema" if "ema" in snap.weights else "raw"
-        for which in list(snap.weights) if final else [main]:
-            n = args.final_n if final and which == main else args.n
+        guided = {f"{main}+twin": twin_weights} if final and twin_weights is not None else {}
+        for which in list(snap.weights) + list(guided) if final else [main]:
+            n = args.final_n if final and which in (main, *guided) else args.n
             started = time.perf_counter()
-            row = score(config, snap.weights[which], n, args.eval_seed, data_dir)
+            weights = snap.weights[main] if which in guided else snap.weights[which]
+            row = score(config, weights, n, args.eval_seed, data_dir, guided.get(which))
             seconds = round(time.perf_counter() - started, 1)
             row |= {"minutes": round(snap.minutes, 2), "step": snap.step, "epoch": snap.epoch,
                     "weights": which, "eval_seconds": seconds}  # fmt: skip
@@ -303,7 +325,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as file:
-        for row in score_snapshots(config, recorder.snapshots, args, data_dir):
+        for row in score_snapshots(config, recorder.snapshots, args, data_dir, recorder.twin):
             file.write(json.dumps(row | common) + "\n")
             file.flush()
     print(f"{cpu_name()}: {rate:.1f} images/s = {common['pct_bf16_peak']} % of the bf16 "
@@ -321,6 +343,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     for path in args.files:
         rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
         main = "ema" if any(row["weights"] == "ema" for row in rows) else "raw"
+        twin = [row for row in rows if row["weights"] == f"{main}+twin"]
         rows = [row for row in rows if row["weights"] == main]
         config = rows[0]["config"]  # the values the run used, whatever the preset holds now
         stop = f", stopped at step {config['max_steps']}" if config["max_steps"] else ""
@@ -330,9 +353,13 @@ def cmd_plot(args: argparse.Namespace) -> None:
         rate = args.batch_rates.get(batch)
         minutes = [row["minutes"] if rate is None else row["step"] * batch / rate / 60
                    for row in rows]  # fmt: skip
-        ax_fid.plot(minutes, [row["mnist_fid"] for row in rows], "o-", label=label)
+        (line,) = ax_fid.plot(minutes, [row["mnist_fid"] for row in rows], "o-", label=label)
         right = "guided_accuracy" if "guided_accuracy" in rows[0] else "recall"
         ax_right.plot(minutes, [row[right] for row in rows], "o-", label=label)
+        for row in twin:  # the last point again, guided by the run's own twin
+            for ax, key in ((ax_fid, "mnist_fid"), (ax_right, right)):
+                ax.plot(minutes[-1], row[key], "*", markersize=14, color=line.get_color(),
+                        label="the same, guided by its own twin")  # fmt: skip
     kind, cpu = rows[0]["kind"], rows[0]["cpu"].split(" (")[0]
     mean, spread = SHIPPED_FAST_N2000[kind]
     shipped = f"shipped {kind} model, n = 2,000"

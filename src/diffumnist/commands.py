@@ -121,6 +121,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         path = trainer.run()
     if world.is_main:
         print(f"checkpoint: {path}")
+        if trainer.folder.twin_path.exists():
+            print(f"its weak twin: {trainer.folder.twin_path} (sample with --preset fast "
+                  f"--guide {trainer.folder.twin_path})")  # fmt: skip
     return 0
 
 

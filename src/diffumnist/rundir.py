@@ -28,6 +28,7 @@ from diffumnist.config import ConfigError, TrainConfig
 from diffumnist.files import remove_partial_writes, write_atomic
 
 CHECKPOINT_NAME = "last.safetensors"
+TWIN_NAME = "twin.safetensors"  # the weak twin a run keeps (TrainConfig.twin_epoch)
 
 
 class TrainingError(RuntimeError):
@@ -58,6 +59,7 @@ class RunFolder:
         self.path = Path(path)
         self.writes = writes
         self.checkpoint_path = self.path / CHECKPOINT_NAME
+        self.twin_path = self.path / TWIN_NAME
         self._log_path = self.path / "loss.jsonl"
 
     def open(self, config: TrainConfig) -> Checkpoint | None:
@@ -66,7 +68,7 @@ class RunFolder:
         The writer first removes what a process killed mid-write left behind.
         """
         if self.writes:
-            for name in (CHECKPOINT_NAME, "config.json", "loss.jsonl"):
+            for name in (CHECKPOINT_NAME, TWIN_NAME, "config.json", "loss.jsonl"):
                 remove_partial_writes(self.path / name)
         if self.checkpoint_path.exists():
             ckpt = load_checkpoint(self.checkpoint_path)
@@ -126,6 +128,10 @@ class RunFolder:
     def save_checkpoint(self, ckpt: Checkpoint) -> None:
         if self.writes:
             save_checkpoint(self.checkpoint_path, ckpt)
+
+    def save_twin(self, ckpt: Checkpoint) -> None:
+        if self.writes:
+            save_checkpoint(self.twin_path, ckpt)
 
     @contextlib.contextmanager
     def disk_errors_stop_training(self) -> Iterator[None]:

@@ -90,6 +90,15 @@ class TrainState:
                   "train": config.to_dict()},
         )  # fmt: skip
 
+    def twin(self, config: TrainConfig) -> Checkpoint:
+        """The weights as they are now (the EMA where the run keeps one), to guide the
+        finished model: a copy of the same network trained for less time is the weaker
+        model autoguidance (Karras et al. 2024) pushes away from, as the shipped time twin
+        is the recipe run after epoch 1."""
+        net = self.ema if self.ema is not None else self.net
+        return Checkpoint(model_config=config.model_config(), weights=net.state_dict(),
+                          meta={"epoch": self.epoch, "step": self.step, "twin": True})  # fmt: skip
+
     @torch.no_grad()
     def update_ema(self, beta: float) -> None:
         """ema ← decay·ema + (1 − decay)·net, for parameters and BatchNorm running statistics,
@@ -338,6 +347,8 @@ class Trainer:
                 self._score(state)
             state.net.train()
             done = not complete or state.epoch >= self.config.epochs
+            if complete and not done and state.epoch == self.config.twin_epoch:
+                self.folder.save_twin(state.twin(self.config))  # before the checkpoint past it
             self.folder.save_checkpoint(state.checkpoint(self.config, done))
 
     def _score(self, state: TrainState) -> None:

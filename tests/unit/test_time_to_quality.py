@@ -64,3 +64,23 @@ def test_an_interrupted_run_resumes_to_the_copies_of_an_uninterrupted_one(
     again, seconds = run(config, data_dir, tmp_path / "kept")  # every copy is on disk
     assert seconds == 0.0 and again.first_step is None
     assert_same_copies(straight.snapshots, again.snapshots)
+
+
+def test_a_run_that_keeps_a_twin_is_scored_at_its_end_guided_by_it(tmp_path, data_dir, monkeypatch):
+    config = tiny_config(kind="time", ema_decay=0.9, twin_epoch=1)
+    recorder, _ = run(config, data_dir, tmp_path / "kept")
+    twin = ttq.load_checkpoint(tmp_path / "kept" / "run" / "twin.safetensors").weights
+    assert recorder.twin is not None and recorder.twin.keys() == twin.keys()
+    calls = []
+
+    def fake_score(config, weights, n, seed, data_dir, twin=None):
+        calls.append((weights, twin))
+        return {"mnist_fid": 1.0, "precision": 1.0, "recall": 1.0}
+
+    monkeypatch.setattr(ttq, "score", fake_score)
+    args = argparse.Namespace(n=10, final_n=20, eval_seed=0)
+    rows = list(ttq.score_snapshots(config, recorder.snapshots, args, data_dir, recorder.twin))
+    assert [row["weights"] for row in rows] == ["ema", "ema", "raw", "ema", "ema+twin"]
+    last = recorder.snapshots[-1].weights["ema"]
+    assert calls[-1][0] is last and calls[-2][0] is last and calls[-2][1] is None
+    assert all(torch.equal(value, calls[-1][1][name]) for name, value in twin.items())

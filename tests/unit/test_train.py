@@ -233,6 +233,36 @@ def test_a_fast_preset_run_resumes_to_identical_weights(tmp_path, data_dir):
     assert straight.scheduler == resumed.scheduler
 
 
+def test_a_run_keeps_its_weak_twin_after_the_twin_epoch(tmp_path, data_dir):
+    """twin.safetensors holds the EMA weights the run had after `twin_epoch`, loads as a
+    guide, and is not written when the run ends at that epoch (it would be the model)."""
+    from diffumnist.sampling import load_guide
+
+    config = tiny_config(kind="time", ema_decay=0.9, twin_epoch=1)
+    epoch_one = {}
+
+    def keep_epoch_one(state):
+        if state.step == 3 and not epoch_one:  # epoch 1 (3 steps) just ended
+            epoch_one.update({k: v.clone() for k, v in state.ema.state_dict().items()})
+
+    Trainer(config, tmp_path / "run", data_dir, before_step=keep_epoch_one).run()
+    twin = load_checkpoint(tmp_path / "run" / "twin.safetensors")
+    assert twin.meta["epoch"] == 1 and twin.ema_weights is None and twin.optimizer is None
+    for name, value in epoch_one.items():
+        assert torch.equal(value, twin.weights[name]), name
+    final = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME).ema_weights
+    assert any(not torch.equal(final[k], v) for k, v in epoch_one.items() if v.is_floating_point())
+    guide = load_guide(str(tmp_path / "run" / "twin.safetensors"), config.resolved().model_config())
+    assert torch.equal(
+        guide.state_dict()["in_block.0.0.weight"].float(), epoch_one["in_block.0.0.weight"]
+    )
+
+    Trainer(tiny_config(kind="time", epochs=1, twin_epoch=1), tmp_path / "short", data_dir).run()
+    assert not (tmp_path / "short" / "twin.safetensors").exists()
+    assert TrainConfig(kind="time", preset="fast").resolved().twin_epoch == 1
+    assert TrainConfig(kind="time").resolved().twin_epoch == 0
+
+
 def test_min_snr_weights_cap_the_signal_to_noise_ratio_at_gamma():
     from diffumnist.diffusion import GaussianDiffusion
 
