@@ -6,9 +6,9 @@ copy of the weights it would sample with (EMA if the run has one, else raw) at e
 --marks minutes, stops at the last mark or the run's end, and only then scores every copy
 with the kind's `fast` sampling preset (MNIST-FID, precision/recall, guided accuracy; n
 samples per mark, --final-n at the last). Scoring does not count towards the minutes.
-A run that keeps its own weak twin (`twin_epoch`, the time model's fast preset) is scored at
-its end a second time, guided by that twin instead of the shipped one (`weights` "ema+twin"),
-where the kind's `fast` preset takes a guide.
+A run that keeps its own weak twin (`twin_epoch`, the fast training preset) is scored at its
+end a second time, guided by that twin as `sampling.OWN_TWIN_GUIDANCE` says (`weights`
+"ema+twin").
 Each scored copy is one JSONL line, with the CPU, the training rate and its share of the
 bf16 matmul peak measured in the same process (benchmarks/roofline.py). With --run-dir the
 run and its copies stay on disk, and the same command resumes an interrupted run.
@@ -43,7 +43,7 @@ from diffumnist.evaluate import generate, score_samples
 from diffumnist.files import write_atomic
 from diffumnist.kinds import build_net
 from diffumnist.models import model_for
-from diffumnist.sampling import PRESETS
+from diffumnist.sampling import OWN_TWIN_GUIDANCE, PRESETS
 from diffumnist.train import Trainer, TrainState, ema_decay_at
 
 # The targets: the shipped models' `fast` preset at n = 2,000, MNIST-FID (mean, sd) over
@@ -204,7 +204,7 @@ def train(config: TrainConfig, marks: list[float], data_dir: Path, args: argpars
         seconds = 0.0
         if recorder.marks:  # else an earlier process took every mark
             seconds = _train_to_last_mark(trainer, recorder, run_dir, args)
-        if trainer.folder.twin_path.exists() and PRESETS[config.kind]["fast"].guide:
+        if trainer.folder.twin_path.exists():
             recorder.twin = load_checkpoint(trainer.folder.twin_path).weights
     return trainer.config, recorder, seconds
 
@@ -251,7 +251,7 @@ def score(config: TrainConfig, weights: dict[str, torch.Tensor], n: int, seed: i
           data_dir: Path, twin: dict[str, torch.Tensor] | None = None,
           ) -> dict[str, object]:  # fmt: skip
     """The `fast` sampling preset's scores of these weights on n samples; with `twin`,
-    guided by those weights instead of the preset's guide."""
+    guided by those weights as OWN_TWIN_GUIDANCE says."""
     net = build_net(config.model_config())
     net.load_state_dict(weights)
     model = model_for(config.model_config(), net.eval())
@@ -260,7 +260,7 @@ def score(config: TrainConfig, weights: dict[str, torch.Tensor], n: int, seed: i
         if twin is not None:  # a guide is read from a file, as `--guide` reads it
             guide = Path(folder) / "twin.safetensors"
             save_checkpoint(guide, Checkpoint(config.model_config(), twin))
-            sampling = sampling.replace(guide=str(guide))
+            sampling = sampling.replace(guide=str(guide), **OWN_TWIN_GUIDANCE[config.kind])
         images, labels = generate(model, n, sampling, progress=False)
     scores = score_samples(images, labels, data_dir, seed=seed)
     row = {key: scores[key] for key in ("n", "mnist_fid", "mnist_fid_floor", "precision",

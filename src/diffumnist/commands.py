@@ -25,7 +25,7 @@ from diffumnist.files import check_writable, grid_format, write_atomic
 from diffumnist.flags import CLASSIFIER_COMMANDS, TRAIN_FIELDS, parse_digits, sampling_config
 from diffumnist.launcher import launch, launched_by_torchrun
 from diffumnist.runtime import describe_precision, resolve_device, resolve_precision
-from diffumnist.sampling import PRESETS, SamplingConfig, StepInfo
+from diffumnist.sampling import OWN_TWIN_GUIDANCE, PRESETS, SamplingConfig, StepInfo
 from diffumnist.train import (
     CHECKPOINT_NAME,
     Trainer,
@@ -122,9 +122,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if world.is_main:
         print(f"checkpoint: {path}")
         if trainer.folder.twin_path.exists():
-            print(f"its weak twin: {trainer.folder.twin_path} (sample with --preset fast "
-                  f"--guide {trainer.folder.twin_path})")  # fmt: skip
+            flags = _twin_flags(config.kind, trainer.folder.twin_path)
+            print(f"its weak twin: {trainer.folder.twin_path}; sample guided by it with: "
+                  f"diffumnist sample {path} {flags}")  # fmt: skip
     return 0
+
+
+def _twin_flags(kind: str, twin: Path) -> str:
+    """The sampling flags that guide a model by the weak twin its run kept."""
+    settings = {"guide": twin, **OWN_TWIN_GUIDANCE[kind]}
+    return " ".join(
+        f"--{name.replace('_', '-')} "
+        + (",".join(map(str, value)) if isinstance(value, tuple) else str(value))
+        for name, value in settings.items()
+    )
 
 
 def _train_classifier(args: argparse.Namespace) -> int:

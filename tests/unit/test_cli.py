@@ -136,6 +136,18 @@ def test_train_refuses_to_overwrite_a_run_and_bad_values(capsys, tmp_path, data_
         assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_train_prints_how_to_sample_guided_by_the_twin_it_kept(capsys, tmp_path, data_dir):
+    run = tmp_path / "run"
+    small = ["--hidden-dim", "4", "--batch-size", "32", "--subset", "64", "--num-timesteps", "5"]
+    argv = ["train", "class", "--preset", "fast", "--epochs", "2", "--out", str(run), *small,
+            "--preview-every", "0", "--data-dir", str(data_dir)]  # fmt: skip
+    assert main(argv) == 0
+    twin = run / "twin.safetensors"
+    assert twin.exists()
+    flags = f"--guide {twin} --guidance-scale 1.5 --guidance-interval 100,300"
+    assert f"diffumnist sample {run / 'last.safetensors'} {flags}" in capsys.readouterr().out
+
+
 def test_missing_mnist_is_one_line(capsys, tmp_path, monkeypatch):
     from torchvision.datasets import MNIST
 

@@ -259,8 +259,9 @@ def test_a_run_keeps_its_weak_twin_after_the_twin_epoch(tmp_path, data_dir):
 
     Trainer(tiny_config(kind="time", epochs=1, twin_epoch=1), tmp_path / "short", data_dir).run()
     assert not (tmp_path / "short" / "twin.safetensors").exists()
-    assert TrainConfig(kind="time", preset="fast").resolved().twin_epoch == 1
-    assert TrainConfig(kind="time").resolved().twin_epoch == 0
+    for kind in ("time", "class"):
+        assert TrainConfig(kind=kind, preset="fast").resolved().twin_epoch == 1
+        assert TrainConfig(kind=kind).resolved().twin_epoch == 0
 
 
 def test_min_snr_weights_cap_the_signal_to_noise_ratio_at_gamma():

@@ -15,7 +15,13 @@ import importlib
 
 from diffumnist.sampling.declarations import NOT_GIVEN
 from diffumnist.sampling.limits import MAX_SAMPLES_PER_CALL
-from diffumnist.sampling.presets import PRESET_NAMES, PRESET_SUMMARIES, PRESETS, from_preset
+from diffumnist.sampling.presets import (
+    OWN_TWIN_GUIDANCE,
+    PRESET_NAMES,
+    PRESET_SUMMARIES,
+    PRESETS,
+    from_preset,
+)
 from diffumnist.sampling.settings import (
     DEFAULT_STEPS,
     MAX_DRAWS,
@@ -50,7 +56,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "DEFAULT_STEPS", "MAX_DRAWS", "MAX_SAMPLES_PER_CALL", "NOT_GIVEN", "PRESETS", "PRESET_NAMES",
+    "DEFAULT_STEPS", "MAX_DRAWS", "MAX_SAMPLES_PER_CALL", "NOT_GIVEN", "OWN_TWIN_GUIDANCE",
+    "PRESETS", "PRESET_NAMES",
     "PRESET_SUMMARIES", "SAMPLERS", "SAMPLER_NAMES", "SEED_RANGE", "SETTINGS", "SETTING_NAMES",
     "WEAK_GUIDE", "EpsFn", "SamplerName", "SamplingConfig", "Solver", "SpacingName",
     "StartName", "StepCallback", "StepInfo", "all_timesteps", "ddim_sample", "ddpm_sample",
