@@ -8,6 +8,7 @@ disk during a checkpoint write stops training with one line and leaves the old f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -76,11 +77,20 @@ def _kill_mid_write(proc: subprocess.Popen, run_dir: Path, skip: int) -> None:
         time.sleep(0.002)
 
 
-def _kill_after(proc: subprocess.Popen, delay: float) -> None:
-    try:
-        proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def _kill_after(proc: subprocess.Popen, delay: float, run_dir: Path, most_writes: int = 3) -> None:
+    """SIGKILL after `delay` seconds, or sooner once the run has written `most_writes` more
+    checkpoints: however the machine's speed drifts from the reference run's, every kill
+    then lands before the resumed run can finish."""
+    checkpoint = run_dir / CHECKPOINT_NAME
+    deadline = time.monotonic() + delay
+    writes: set[int] = set()  # modification times of the checkpoints seen
+    while proc.poll() is None:
+        with contextlib.suppress(FileNotFoundError):
+            writes.add(checkpoint.stat().st_mtime_ns)
+        if time.monotonic() >= deadline or len(writes) > most_writes:
+            proc.kill()
+            break
+        time.sleep(0.002)
 
 
 def _finish(run_dir: Path) -> float:
@@ -111,7 +121,7 @@ def test_sigkill_at_random_moments_never_corrupts_and_resume_matches(tmp_path):
         else:
             # within the first 10-60 % of a run for 6 kills; more kills, earlier, so that
             # they all land before the resumed run has finished
-            _kill_after(proc, delay=rng.uniform(0.1, 0.6) * seconds * 6 / KILLS)
+            _kill_after(proc, rng.uniform(0.1, 0.6) * seconds * 6 / KILLS, run_dir)
         proc.wait()
         proc.stderr.close()
         kills += proc.returncode == -signal.SIGKILL
