@@ -22,7 +22,13 @@ from diffumnist.config import ConfigError, TrainConfig
 from diffumnist.distributed import check_gpus_for, process_group
 from diffumnist.export import export_weights
 from diffumnist.files import check_writable, grid_format, write_atomic
-from diffumnist.flags import CLASSIFIER_COMMANDS, TRAIN_FIELDS, parse_digits, sampling_config
+from diffumnist.flags import (
+    CLASSIFIER_COMMANDS,
+    TRAIN_FIELDS,
+    parse_digits,
+    sampling_config,
+    sampling_flags,
+)
 from diffumnist.launcher import launch, launched_by_torchrun
 from diffumnist.runtime import describe_precision, resolve_device, resolve_precision
 from diffumnist.sampling import OWN_TWIN_GUIDANCE, PRESETS, SamplingConfig, StepInfo
@@ -122,20 +128,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if world.is_main:
         print(f"checkpoint: {path}")
         if trainer.folder.twin_path.exists():
-            flags = _twin_flags(config.kind, trainer.folder.twin_path)
+            flags = sampling_flags({"guide": trainer.folder.twin_path,
+                                    **OWN_TWIN_GUIDANCE[config.kind]})  # fmt: skip
             print(f"its weak twin: {trainer.folder.twin_path}; sample guided by it with: "
                   f"diffumnist sample {path} {flags}")  # fmt: skip
     return 0
-
-
-def _twin_flags(kind: str, twin: Path) -> str:
-    """The sampling flags that guide a model by the weak twin its run kept."""
-    settings = {"guide": twin, **OWN_TWIN_GUIDANCE[kind]}
-    return " ".join(
-        f"--{name.replace('_', '-')} "
-        + (",".join(map(str, value)) if isinstance(value, tuple) else str(value))
-        for name, value in settings.items()
-    )
 
 
 def _train_classifier(args: argparse.Namespace) -> int:

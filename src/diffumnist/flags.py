@@ -217,6 +217,15 @@ def add_sampling_flags(
         group.add_argument("--" + spec.name.replace("_", "-"), **kwargs)
 
 
+def sampling_flags(settings: dict[str, Any]) -> str:
+    """The flags that give these sampling settings, as `sampling_config` reads them back."""
+    return " ".join(
+        f"--{name.replace('_', '-')} "
+        + (",".join(map(str, value)) if isinstance(value, tuple) else str(value))
+        for name, value in settings.items()
+    )
+
+
 def sampling_config(args: argparse.Namespace, kind: str) -> SamplingConfig:
     """The flags' SamplingConfig for a model of `kind`: the preset, then the flags given."""
     given = {name: value for name, value in vars(args).items() if name in SETTING_NAMES}

@@ -97,7 +97,7 @@ class TrainState:
         is the recipe run after epoch 1."""
         net = self.ema if self.ema is not None else self.net
         return Checkpoint(model_config=config.model_config(), weights=net.state_dict(),
-                          meta={"epoch": self.epoch, "step": self.step, "twin": True})  # fmt: skip
+                          meta={"epoch": self.epoch, "step": self.step})  # fmt: skip
 
     @torch.no_grad()
     def update_ema(self, beta: float) -> None:
