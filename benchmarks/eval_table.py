@@ -1,6 +1,6 @@
 """The MODEL_CARD evaluation table: n = 10k samples per setting, results to $OUT/eval.json.
 
-Ran once on a lent H100 (`benchmarks/results/eval_h100.json`):
+Ran once on an H100 (`benchmarks/results/eval_h100.json`):
 
     OUT=out PYTHONPATH=src DIFFUMNIST_DATA=... python benchmarks/eval_table.py 270
 

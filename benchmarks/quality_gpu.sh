@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12's GPU part in one device call (under 10 minutes on an H100): the retrain of both
+# The GPU quality measurements in one call (under 10 minutes on an H100): the retrain of both
 # models with the recipe and the EMA BatchNorm fix, the headline quality settings at
 # n = 10,000 on three sample seeds, raw against EMA for the retrains, then the full quality
 # maps until the time budget is spent. Each quality row is appended to its

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How the shipped time- and class-conditioned models were trained on the lent H100 (the
+# How the shipped time- and class-conditioned models were trained on one H100 (the
 # denoiser the same way, `train denoiser --seed 0`). Trains both in parallel, then
 # pack weights-only checkpoints, loss logs and previews into <=15 MB chunks under $OUT.
 set -u

@@ -1,10 +1,10 @@
 """Write tests/data/reference_samples.npz: shipped models' samples at fixed seeds and settings.
 
-First made on main before the issue-11 redesign (commit ba5a711); the redesign matched it
+First made on main before the sampling package's redesign (commit ba5a711); the redesign matched it
 bit for bit (commit 864fca4). Made again when sampling began to run a BatchNorm-folded copy
-of the network (issue 13): fp32 samples moved by at most 1.9e-5 and animation frames by at
+of the network: fp32 samples moved by at most 1.9e-5 and animation frames by at
 most 1/255. Run again only when a change is meant to alter samples:
-`python tests/make_reference_samples.py`.
+`python tests/system/make_reference_samples.py`.
 """
 
 from __future__ import annotations
