@@ -16,6 +16,10 @@ run and its copies stay on disk, and the same command resumes an interrupted run
     python benchmarks/time_to_quality.py run --kind class --preset fast --rate 169 \\
         --marks 10,15,100 --out benchmarks/results/time_to_quality_class_fast_cpu.jsonl
     python benchmarks/time_to_quality.py plot A.jsonl B.jsonl --out curve.png
+    python benchmarks/time_to_quality.py guide RUN_DIR/mark_0003169.safetensors --out g.safetensors
+
+`guide` turns one kept copy into a checkpoint that `--guide` reads: the same run stopped
+earlier, to try as its weak twin at another length than the one the trainer keeps.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from diffumnist.evaluate import generate, score_samples
 from diffumnist.files import write_atomic
 from diffumnist.kinds import build_net
 from diffumnist.models import model_for
+from diffumnist.rundir import read_run_config
 from diffumnist.sampling import OWN_TWIN_GUIDANCE, PRESETS
 from diffumnist.train import Trainer, TrainState, ema_decay_at
 
@@ -383,6 +388,19 @@ def cmd_plot(args: argparse.Namespace) -> None:
     fig.savefig(args.out, dpi=110)
 
 
+def cmd_guide(args: argparse.Namespace) -> None:
+    """Write a copy's EMA weights (raw where the run keeps no EMA) as a weights-only
+    checkpoint, configured from the run folder beside it, as the trainer writes its twin."""
+    copy = Path(args.copy)
+    snap = _read_snapshot(copy)
+    config = read_run_config(copy.parent / "run")
+    weights = snap.weights.get("ema", snap.weights["raw"])
+    meta = {"epoch": snap.epoch, "step": snap.step}
+    save_checkpoint(args.out, Checkpoint(model_config=config.model_config(), weights=weights,
+                                         meta=meta))  # fmt: skip
+    print(f"wrote {args.out}: the {config.kind} run's weights at step {snap.step}")
+
+
 def _batch_rates(text: str) -> dict[int, float]:
     pairs = (item.split("=") for item in text.split(","))
     return {int(batch): float(rate) for batch, rate in pairs}
@@ -427,8 +445,11 @@ def main() -> None:
                       "e.g. 32=169,64=186 (the rate a batch size trains at, from "
                       "train_throughput.py --also-batch)")  # fmt: skip
     plot.add_argument("--out", required=True)
+    guide = commands.add_parser("guide", help="a kept copy as a checkpoint to guide with")
+    guide.add_argument("copy", help="a mark_*.safetensors file in a --run-dir folder")
+    guide.add_argument("--out", required=True)
     args = parser.parse_args()
-    {"run": cmd_run, "plot": cmd_plot}[args.command](args)
+    {"run": cmd_run, "plot": cmd_plot, "guide": cmd_guide}[args.command](args)
 
 
 if __name__ == "__main__":

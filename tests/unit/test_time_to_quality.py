@@ -14,6 +14,8 @@ from test_train import tiny_config
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import time_to_quality as ttq
 
+from diffumnist.sampling.pipeline import load_guide
+
 # 64 images per step at 64/60 images/s: one minute per step, so marks are steps.
 MARKS = [2.0, 5.0, 100.0]  # copies at steps 2 and 5; the 9-step run ends before 100
 
@@ -84,3 +86,23 @@ def test_a_run_that_keeps_a_twin_is_scored_at_its_end_guided_by_it(tmp_path, dat
     last = recorder.snapshots[-1].weights["ema"]
     assert calls[-1][0] is last and calls[-2][0] is last and calls[-2][1] is None
     assert all(torch.equal(value, calls[-1][1][name]) for name, value in twin.items())
+
+
+def test_a_kept_copy_becomes_a_checkpoint_that_guides(tmp_path, data_dir):
+    config = tiny_config(kind="time", ema_decay=0.9)
+    recorder, _ = run(config, data_dir, tmp_path / "kept")
+    out = tmp_path / "guide.safetensors"
+    ttq.cmd_guide(argparse.Namespace(copy=str(tmp_path / "kept" / "mark_0000005.safetensors"),
+                                     out=str(out)))  # fmt: skip
+    guide = ttq.load_checkpoint(out)
+    copy = recorder.snapshots[1]
+    assert copy.step == 5 and guide.meta["step"] == 5
+    assert guide.model_config == ttq.read_run_config(tmp_path / "kept" / "run").model_config()
+    assert guide.weights.keys() == copy.weights["ema"].keys()
+    assert all(
+        torch.equal(value, guide.weights[name]) for name, value in copy.weights["ema"].items()
+    )
+    assert not torch.equal(
+        copy.weights["ema"]["out_conv.weight"], copy.weights["raw"]["out_conv.weight"]
+    )
+    load_guide(str(out), guide.model_config)  # what `--guide FILE` does with it
