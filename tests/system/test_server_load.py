@@ -4,8 +4,9 @@ Claims: a body shorter than its Content-Length is refused with 400 whether the c
 half-closes or stalls; a client that stalls mid-request is dropped within the read timeout;
 an oversized body is refused; connections past `max_connections` get a quick 503; 50 clients
 at once (well-formed, truncated, stalled, oversized and disconnecting ones) each get 200 or
-503 for a well-formed request, while the server's threads and memory stay bounded, it
-prints no traceback, and it answers afterwards.
+503 for a well-formed request, and one that asks again after a 503 is answered once the
+stalled clients are dropped, while the server's threads and memory stay bounded, it prints
+no traceback, and it answers afterwards.
 
 The server runs in its own process (so its threads and memory are its own) with a 1 s read
 timeout and 8 connection threads; clients are raw sockets, so they can misbehave.
@@ -164,8 +165,13 @@ def test_connections_past_the_limit_get_a_quick_503(server):
 
 def _client(kind: str, port: int) -> tuple[str, Reply | None]:
     post = lambda path, body, length=None: request(port, "POST", path, body, length)  # noqa: E731
-    if kind == "info":
-        return kind, exchange(port, request(port, "GET", "/api/info"))
+    if kind == "info":  # asks again after a 503, as the busy reply says to
+        deadline = time.monotonic() + READ_TIMEOUT_S + LINGER_S + SLACK_S
+        while (reply := exchange(port, request(port, "GET", "/api/info"))).status == 503:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        return kind, reply
     if kind == "generate":
         return kind, exchange(port, post("/api/generate", GENERATE))
     if kind == "denoise":
@@ -251,8 +257,10 @@ def test_fifty_clients_at_once(server):
             assert reply.status in (None, 503), (kind, reply)
         if kind.startswith("stalled"):
             assert reply.seconds < READ_TIMEOUT_S + LINGER_S + SLACK_S, (kind, reply)
-    statuses = [reply.status for _, reply in results if reply is not None]
-    assert statuses.count(200) >= MAX_CONNECTIONS // 2  # not everything was refused
+    # More clients stall than there are connection threads, so for up to the read timeout
+    # the server may refuse everyone else; once it drops them, a client that asks again is
+    # answered
+    assert seen["info"].count(200) >= len(seen["info"]) // 2
     # bounded: the idle threads (main, worker, torch's pool), plus one per connection and
     # the refusers; memory grows by the jobs' images, not by the connections
     assert max(peak_threads) <= before["Threads"] + MAX_CONNECTIONS + MAX_REFUSING
