@@ -38,4 +38,12 @@ cd .. && for s in 0 1 2; do for p in fast best; do
   diffumnist eval runs/time_fast_b32_lr3e-3.safetensors --n 2000 --preset $p --seed $s \
       --guide runs/ttq_time_b32_lr3e-3/run/twin.safetensors; done
   diffumnist eval time --n 2000 --preset fast --seed $s; done   # shipped
-
+diffumnist export runs/time_fast_b32_lr3e-3.safetensors --raw --out runs/time_fast_b32_lr3e-3_raw.safetensors
+for s in 0 1 2; do   # the time run's raw weights, guided by its twin
+  diffumnist eval runs/time_fast_b32_lr3e-3_raw.safetensors --n 2000 --preset fast --seed $s \
+      --guide runs/ttq_time_b32_lr3e-3/run/twin.safetensors; done
+cd benchmarks && python time_to_quality.py run --kind class --preset fast \
+    --set '{"max_steps": 800, "preview_every": 0, "twin_epoch": 0}' --rate 169 --marks 100 --n 300 \
+    --final-n 300 --keep ../runs/class_fast_b32_800steps.safetensors \
+    --out results/time_to_quality_class_fast_b32_800steps_cpu.jsonl   # the shortest legible run
+cd .. && diffumnist eval runs/class_fast_b32_800steps.safetensors --n 300 --preset fast --reject-below none
